@@ -1,0 +1,194 @@
+"""Multi-head attention with diffusers' module names (to_q, to_k, to_v, to_out.0) and its processors.
+
+A processor is a callable ``(attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs)``,
+as in diffusers. The core product of q, k, v is a plain function ``fn(q, k, v, heads, mask=None)`` on
+``(batch, tokens, heads*dim)`` tensors, so a host can hand in its own kernel per call (``attention_fn``).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .options import NO_OPTIONS, CallOptions, slice_size_for
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, _ = x.shape
+    return x.view(b, n, heads, -1).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def sdpa_attention(q, k, v, heads: int, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """torch's scaled-dot-product attention; ``mask`` is bool ``(batch, 1, kv)``, True = attend."""
+    if mask is not None:
+        mask = mask[:, None]  # (batch, 1 head axis, 1 query axis, kv)
+    out = F.scaled_dot_product_attention(_split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads),
+                                         attn_mask=mask)
+    return _merge_heads(out)
+
+
+def bmm_attention(q, k, v, heads: int, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The classic softmax(q k^T * scale) v with explicit matrices (diffusers' AttnProcessor)."""
+    q, k, v = _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None], torch.finfo(scores.dtype).min)
+    return _merge_heads(torch.matmul(scores.softmax(dim=-1), v))
+
+
+def sliced_attention(q, k, v, heads: int, mask=None, slice_size: int = 1, core: Callable = sdpa_attention):
+    """Attention over ``slice_size`` (batch x head) rows at a time: the peak score matrix shrinks accordingly."""
+    b, n, _ = q.shape
+    qh, kh, vh = (_split_heads(t, heads).reshape(b * heads, t.shape[1], -1) for t in (q, k, v))
+    out = torch.empty_like(qh)
+    rows_mask = None if mask is None else mask.repeat_interleave(heads, dim=0)
+    for start in range(0, b * heads, slice_size):
+        end = min(start + slice_size, b * heads)
+        part_mask = None if rows_mask is None else rows_mask[start:end]
+        out[start:end] = core(qh[start:end], kh[start:end], vh[start:end], 1, part_mask)
+    return _merge_heads(out.view(b, heads, n, -1))
+
+
+class AttnProcessor2_0:
+    """Default: q/k/v projections, one fused attention kernel (torch SDPA unless the call supplies another)."""
+
+    core = staticmethod(sdpa_attention)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 call_options: CallOptions = NO_OPTIONS):
+        q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states)
+        fn = call_options.attention_fn or self.core
+        return attn.project_out(fn(q, k, v, attn.heads, attention_mask))
+
+
+class AttnProcessor(AttnProcessor2_0):
+    """Explicit matmul-softmax-matmul; what ``set_default_attn_processor`` installs, as in diffusers."""
+
+    core = staticmethod(bmm_attention)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 call_options: CallOptions = NO_OPTIONS):
+        q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states)
+        return attn.project_out(self.core(q, k, v, attn.heads, attention_mask))
+
+
+class SlicedAttnProcessor:
+    """Processes ``slice_size`` (batch x head) rows per step to bound the attention peak."""
+
+    def __init__(self, slice_size: int):
+        self.slice_size = slice_size
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 call_options: CallOptions = NO_OPTIONS):
+        q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states)
+        core = call_options.attention_fn or sdpa_attention
+        out = sliced_attention(q, k, v, attn.heads, attention_mask, self.slice_size, core)
+        return attn.project_out(out)
+
+
+class FusedAttnProcessor2_0(AttnProcessor2_0):
+    """Uses the fused ``to_qkv`` (self-attention) or ``to_kv`` (cross-attention) projection."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 call_options: CallOptions = NO_OPTIONS):
+        if encoder_hidden_states is None and getattr(attn, "to_qkv", None) is not None:
+            q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        elif encoder_hidden_states is not None and getattr(attn, "to_kv", None) is not None:
+            q = attn.to_q(hidden_states)
+            k, v = attn.to_kv(encoder_hidden_states).chunk(2, dim=-1)
+        else:
+            q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states)
+        fn = call_options.attention_fn or self.core
+        return attn.project_out(fn(q, k, v, attn.heads, attention_mask))
+
+
+_OWN_PROCESSORS = (AttnProcessor2_0, SlicedAttnProcessor)
+
+
+class Attention(nn.Module):
+    """Self- or cross-attention: ``to_q``/``to_k``/``to_v`` without bias, ``to_out.0`` with bias."""
+
+    def __init__(self, query_dim: int, heads: int, dim_head: int, cross_attention_dim: Optional[int] = None,
+                 *, operations, dtype=None, device=None):
+        super().__init__()
+        inner = heads * dim_head
+        kv_dim = cross_attention_dim or query_dim
+        self.heads = heads
+        self.dim_head = dim_head
+        self.is_cross_attention = cross_attention_dim is not None
+        factory = {"dtype": dtype, "device": device}
+        self.to_q = operations.Linear(query_dim, inner, bias=False, **factory)
+        self.to_k = operations.Linear(kv_dim, inner, bias=False, **factory)
+        self.to_v = operations.Linear(kv_dim, inner, bias=False, **factory)
+        self.to_out = nn.ModuleList([operations.Linear(inner, query_dim, bias=True, **factory), nn.Dropout(0.0)])
+        self.processor = AttnProcessor2_0()
+        self.to_qkv = None
+        self.to_kv = None
+
+    @property
+    def sliceable_head_dim(self) -> int:
+        return self.heads
+
+    def project_qkv(self, hidden_states, encoder_hidden_states=None):
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        return self.to_q(hidden_states), self.to_k(context), self.to_v(context)
+
+    def project_out(self, out):
+        return self.to_out[1](self.to_out[0](out))
+
+    def set_processor(self, processor) -> None:
+        self.processor = processor
+
+    def set_attention_slice(self, slice_size: Optional[int]) -> None:
+        self.processor = AttnProcessor2_0() if slice_size is None else SlicedAttnProcessor(slice_size)
+
+    def fuse_projections(self) -> None:
+        """Adds a fused projection layer (the originals stay, as in diffusers)."""
+        weights = [self.to_q.weight, self.to_k.weight, self.to_v.weight]
+        target = "to_qkv" if not self.is_cross_attention else "to_kv"
+        if not self.is_cross_attention:
+            fused = torch.cat([w.data for w in weights])
+        else:
+            fused = torch.cat([w.data for w in weights[1:]])
+        layer = nn.Linear(fused.shape[1], fused.shape[0], bias=False, device=fused.device, dtype=fused.dtype)
+        layer.weight.data.copy_(fused)
+        setattr(self, target, layer)
+
+    def unfuse_projections(self) -> None:
+        self.to_qkv = None
+        self.to_kv = None
+
+    def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                call_options: CallOptions = NO_OPTIONS, **cross_attention_kwargs):
+        processor = self.processor
+        if call_options.override_slice() and isinstance(processor, _OWN_PROCESSORS):
+            size = slice_size_for(call_options.attention_slice, self.heads)
+            processor = AttnProcessor2_0() if size is None else SlicedAttnProcessor(size)
+        kwargs = dict(cross_attention_kwargs)
+        if _accepts(processor, "call_options"):
+            kwargs["call_options"] = call_options
+        else:  # a foreign processor (e.g. diffusers'): pass only what its signature takes, as diffusers does
+            kwargs = {k: v for k, v in kwargs.items() if _accepts(processor, k)}
+        return processor(self, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                         attention_mask=attention_mask, **kwargs)
+
+
+_SIGNATURES: dict = {}
+
+
+def _accepts(processor, name: str) -> bool:
+    """Whether a processor's __call__ takes keyword ``name`` (signatures cached per class: this is a hot path)."""
+    key = type(processor)
+    if key not in _SIGNATURES:
+        params = inspect.signature(processor.__call__).parameters
+        _SIGNATURES[key] = (set(params), any(p.kind is p.VAR_KEYWORD for p in params.values()))
+    names, var_kw = _SIGNATURES[key]
+    return name in names or var_kw

@@ -1,0 +1,20 @@
+"""The default ``operations`` namespace: the torch.nn layer classes every UNet3D layer is built from.
+
+A host hands in another namespace with the same five class names (for ComfyUI: comfy.ops.disable_weight_init or
+manual_cast) to control weight init, casting and offloading, without this package knowing about the host.
+"""
+from types import SimpleNamespace
+
+import torch.nn as nn
+
+torch_ops = SimpleNamespace(
+    Linear=nn.Linear,
+    Conv2d=nn.Conv2d,
+    Conv3d=nn.Conv3d,
+    GroupNorm=nn.GroupNorm,
+    LayerNorm=nn.LayerNorm,
+)
+
+
+def resolve(operations):
+    return torch_ops if operations is None else operations

@@ -1,0 +1,141 @@
+"""Transformer layers: the spatial Transformer2DModel, the TransformerTemporalModel, and their shared block.
+
+Both transformers run one BasicTransformerBlock between a GroupNorm + linear projection in and a linear projection
+out, with a residual around all of it. The spatial one attends over the h*w tokens of each frame (cross-attending to
+text); the temporal one attends over the F frames of each spatial location (self-attention twice, no positions).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import Attention
+from .options import NO_OPTIONS, CallOptions
+
+
+class GEGLU(nn.Module):
+    """Linear to twice the width; value half times exact GELU of the gate half."""
+
+    def __init__(self, dim_in: int, dim_out: int, *, operations, dtype=None, device=None):
+        super().__init__()
+        self.proj = operations.Linear(dim_in, dim_out * 2, dtype=dtype, device=device)
+
+    def forward(self, x):
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4, *, operations, dtype=None, device=None):
+        super().__init__()
+        inner = dim * mult
+        self.net = nn.ModuleList([
+            GEGLU(dim, inner, operations=operations, dtype=dtype, device=device),
+            nn.Dropout(0.0),
+            operations.Linear(inner, dim, dtype=dtype, device=device),
+        ])
+
+    def forward(self, x):
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+def chunked_feed_forward(ff: nn.Module, x: torch.Tensor, chunk_size: int, dim: int) -> torch.Tensor:
+    """Apply ``ff`` to ``x`` in pieces of ``chunk_size`` along ``dim`` (0 batch, 1 sequence) to bound its peak."""
+    if x.shape[dim] % chunk_size != 0:
+        raise ValueError(f"feed-forward chunking: size {x.shape[dim]} of dimension {dim} is not divisible by "
+                         f"chunk_size {chunk_size}; pick a chunk size that divides the frame/token counts "
+                         f"(1 always works)")
+    return torch.cat([ff(piece) for piece in x.split(chunk_size, dim=dim)], dim=dim)
+
+
+class BasicTransformerBlock(nn.Module):
+    """LayerNorm -> self-attention, LayerNorm -> cross (or second self) attention, LayerNorm -> GEGLU FF."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, cross_attention_dim: Optional[int],
+                 *, operations, dtype=None, device=None):
+        super().__init__()
+        factory = {"operations": operations, "dtype": dtype, "device": device}
+        self.norm1 = operations.LayerNorm(dim, eps=1e-5, dtype=dtype, device=device)
+        self.attn1 = Attention(dim, heads, dim_head, None, **factory)
+        self.norm2 = operations.LayerNorm(dim, eps=1e-5, dtype=dtype, device=device)
+        self.attn2 = Attention(dim, heads, dim_head, cross_attention_dim, **factory)
+        self.norm3 = operations.LayerNorm(dim, eps=1e-5, dtype=dtype, device=device)
+        self.ff = FeedForward(dim, **factory)
+        self._chunk_size: Optional[int] = None
+        self._chunk_dim = 0
+
+    def set_chunk_feed_forward(self, chunk_size: Optional[int], dim: int = 0) -> None:
+        self._chunk_size, self._chunk_dim = chunk_size, dim
+
+    def forward(self, x, context=None, attention_mask=None, call_options: CallOptions = NO_OPTIONS,
+                cross_attention_kwargs=None):
+        kwargs = cross_attention_kwargs or {}
+        x = self.attn1(self.norm1(x), call_options=call_options, **kwargs) + x
+        mask = attention_mask if context is not None else None
+        x = self.attn2(self.norm2(x), context, mask, call_options=call_options, **kwargs) + x
+        chunk = call_options.ff_chunk if call_options.override_chunk() else (
+            None if self._chunk_size is None else (self._chunk_size, self._chunk_dim))
+        h = self.norm3(x)
+        h = self.ff(h) if chunk is None else chunked_feed_forward(self.ff, h, *chunk)
+        return h + x
+
+
+class Transformer2DModel(nn.Module):
+    """Spatial transformer on folded frames ``(B*F, C, H, W)``, cross-attending to the text context."""
+
+    def __init__(self, heads: int, dim_head: int, in_channels: int, groups: int, cross_attention_dim: Optional[int],
+                 *, operations, dtype=None, device=None):
+        super().__init__()
+        inner = heads * dim_head
+        factory = {"dtype": dtype, "device": device}
+        self.norm = operations.GroupNorm(groups, in_channels, eps=1e-6, affine=True, **factory)
+        self.proj_in = operations.Linear(in_channels, inner, **factory)
+        self.transformer_blocks = nn.ModuleList([
+            BasicTransformerBlock(inner, heads, dim_head, cross_attention_dim, operations=operations, **factory)])
+        self.proj_out = operations.Linear(inner, in_channels, **factory)
+
+    def forward(self, x, context, attention_mask=None, call_options: CallOptions = NO_OPTIONS,
+                cross_attention_kwargs=None):
+        n, c, h, w = x.shape
+        residual = x
+        x = self.norm(x).permute(0, 2, 3, 1).reshape(n, h * w, c)
+        x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x, context, attention_mask, call_options, cross_attention_kwargs)
+        x = self.proj_out(x)
+        return x.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous() + residual
+
+
+class TransformerTemporalModel(nn.Module):
+    """Temporal transformer: every spatial location of a clip is a sequence of F frames (self-attention only)."""
+
+    def __init__(self, heads: int, dim_head: int, in_channels: int, groups: int,
+                 *, operations, dtype=None, device=None):
+        super().__init__()
+        inner = heads * dim_head
+        factory = {"dtype": dtype, "device": device}
+        self.norm = operations.GroupNorm(groups, in_channels, eps=1e-6, affine=True, **factory)
+        self.proj_in = operations.Linear(in_channels, inner, **factory)
+        # diffusers builds attn2 as a second self-attention here (double_self_attention).
+        self.transformer_blocks = nn.ModuleList([
+            BasicTransformerBlock(inner, heads, dim_head, None, operations=operations, **factory)])
+        self.proj_out = operations.Linear(inner, in_channels, **factory)
+
+    def forward(self, x, num_frames: int, call_options: CallOptions = NO_OPTIONS, cross_attention_kwargs=None):
+        n, c, h, w = x.shape
+        b = n // num_frames
+        residual = x
+        x = x.view(b, num_frames, c, h, w).permute(0, 2, 1, 3, 4)  # (B, C, F, H, W): norm statistics span frames
+        x = self.norm(x)
+        x = x.permute(0, 3, 4, 2, 1).reshape(b * h * w, num_frames, c)
+        x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x, None, None, call_options, cross_attention_kwargs)
+        x = self.proj_out(x)
+        x = x.view(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2).reshape(n, c, h, w)
+        return x + residual
