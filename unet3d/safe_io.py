@@ -1,0 +1,163 @@
+"""Reading and writing weight files without ever running code from them.
+
+* ``.safetensors``: read with the ``safetensors`` library; the header is checked against the file size first so a
+  truncated download gets a clear message instead of a parser error.
+* Pickle-based files (``.pth``, ``.pt``, ``.bin``, ``.ckpt``): ``torch.load(weights_only=True)`` only, memory-mapped
+  when the file is in torch's zip format. A pickle that asks for anything but tensors and plain containers is refused
+  (torch's restricted unpickler raises before any of it runs) and we say so, naming the file.
+
+The format is recognised from the file's first bytes, not its suffix, because renamed files are common.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import struct
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import torch
+
+from .checkpoint_errors import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
+
+PathLike = Union[str, Path]
+WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt")
+_SAFETENSORS_HINT = ("Use the model's .safetensors file instead, or convert this file to .safetensors with a tool "
+                     "you trust, in an environment you trust.")
+
+
+def sniff_format(path: Path) -> str:
+    """'safetensors', 'torch-zip', 'pickle', 'gguf' or 'unknown', from the first bytes of the file."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] == b"PK\x03\x04":
+        return "torch-zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if head[:4] == b"GGUF":
+        return "gguf"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    return "unknown"
+
+
+def _check_readable_file(path: Path) -> int:
+    if not path.exists():
+        raise CheckpointNotFoundError(f"Checkpoint not found: {path} does not exist.")
+    if path.is_dir():
+        raise CheckpointNotFoundError(
+            f"{path} is a folder; expected a weight file ({', '.join(WEIGHT_SUFFIXES)}). For a diffusers folder use "
+            f"from_pretrained.")
+    size = path.stat().st_size
+    if size == 0:
+        raise CorruptCheckpointError(f"{path} is empty (0 bytes); the download or copy probably failed. "
+                                     f"Download the file again.")
+    return size
+
+
+def read_weight_file(path: PathLike) -> Any:
+    """The object stored in a weight file: a dict of tensors for safetensors, whatever (restricted) the pickle holds
+    otherwise. Pickle-based tensors may be memory-mapped views of the file."""
+    path = Path(path)
+    size = _check_readable_file(path)
+    kind = sniff_format(path)
+    if kind == "safetensors":
+        return _read_safetensors(path, size)
+    if kind in ("torch-zip", "pickle"):
+        return _read_pickle(path, mmap=kind == "torch-zip")
+    if kind == "gguf":
+        raise CorruptCheckpointError(f"{path} is a GGUF file; GGUF-quantised UNet3D weights are not supported. "
+                                     f"Use the .safetensors or .pth release.")
+    raise CorruptCheckpointError(
+        f"{path} is neither a safetensors file nor a PyTorch checkpoint (first bytes {_first_bytes(path)!r}); it may "
+        f"be truncated, an HTML error page saved by a failed download, or another format. Download it again.")
+
+
+def _first_bytes(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(12)
+
+
+def _truncation_problem(path: Path, size: int) -> Optional[str]:
+    """Why a safetensors file cannot be complete, judged from its header, or None if the sizes add up."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len + 8 > size:
+            return f"header says {header_len} bytes of metadata but the file has only {size} bytes"
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return f"its header is not valid JSON ({exc})"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    needed = 8 + header_len + max(ends, default=0)
+    if needed > size:
+        return f"the header describes {needed} bytes but the file has only {size} (truncated download?)"
+    return None
+
+
+def _read_safetensors(path: Path, size: int) -> Dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    problem = _truncation_problem(path, size)
+    if problem:
+        raise CorruptCheckpointError(f"{path} is truncated or corrupt: {problem}. Download the file again.")
+    try:
+        try:  # safetensors >= 0.8: pread reads straight into tensor memory, no page-cache mapping counted twice
+            handle = safe_open(str(path), framework="pt", device="cpu", backend="pread")
+        except TypeError:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+        with handle as f:
+            return {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as exc:  # SafetensorError, OSError, dtype errors: all mean the file is unusable as is
+        raise CorruptCheckpointError(f"{path} could not be read as safetensors: {exc}. The file is probably "
+                                     f"truncated or corrupt; download it again.") from exc
+
+
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _read_pickle(path: Path, mmap: bool) -> Any:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Weights only load failed" not in text and "Unsupported" not in text:
+            raise CorruptCheckpointError(f"{path} is not a readable PyTorch checkpoint: {_one_line(text)}. It is "
+                                         f"probably truncated or corrupt; download it again.") from exc
+        found = _GLOBAL_RE.search(text)
+        what = f" (it references `{found.group(1)}`)" if found else ""
+        raise UnsafeCheckpointError(
+            f"Refused to load {path}: this pickle contains Python objects other than tensors{what}, and loading it "
+            f"would run code from the file. Nothing from it was executed. {_SAFETENSORS_HINT}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, struct.error) as exc:
+        raise CorruptCheckpointError(f"{path} is not a readable PyTorch checkpoint: {_one_line(str(exc))}. It is "
+                                     f"probably truncated or corrupt; download it again.") from exc
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def cast_floating(state_dict: Dict[str, torch.Tensor], dtype: Optional[torch.dtype]) -> None:
+    """Cast floating-point tensors to ``dtype`` in place, one at a time, so the old copy is freed as we go."""
+    if dtype is None:
+        return
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            state_dict[key] = tensor.to(dtype)
+
+
+def write_safetensors(state_dict: Mapping[str, torch.Tensor], path: PathLike,
+                      metadata: Optional[Dict[str, str]] = None) -> None:
+    """Write tensors to ``path`` (contiguous CPU copies only where needed)."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for key, tensor in state_dict.items():
+        tensor = tensor.detach()
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
+        tensors[key] = tensor.contiguous()
+    save_file(tensors, str(path), metadata={"format": "pt", **(metadata or {})})
