@@ -132,6 +132,11 @@ class Attention(nn.Module):
         self.processor = AttnProcessor2_0()
         self.to_qkv = None
         self.to_kv = None
+        # Attributes diffusers' own processors read, so one of theirs can be plugged in unchanged.
+        self.scale = dim_head ** -0.5
+        self.spatial_norm = self.group_norm = self.norm_cross = self.norm_q = self.norm_k = None
+        self.residual_connection = self.upcast_attention = self.upcast_softmax = False
+        self.rescale_output_factor = 1.0
 
     @property
     def sliceable_head_dim(self) -> int:
@@ -166,6 +171,25 @@ class Attention(nn.Module):
         self.to_qkv = None
         self.to_kv = None
 
+    # -- helpers with diffusers' names, for diffusers' processors
+    def prepare_attention_mask(self, mask, target_length, batch_size, out_dim=3):
+        if mask is None:
+            return None
+        return mask.repeat_interleave(self.heads, dim=0) if out_dim == 3 else mask.unsqueeze(1)
+
+    def head_to_batch_dim(self, x, out_dim=3):
+        x = _split_heads(x, self.heads)
+        return x.reshape(-1, *x.shape[2:]) if out_dim == 3 else x
+
+    def batch_to_head_dim(self, x):
+        return _merge_heads(x.view(-1, self.heads, *x.shape[1:]))
+
+    def get_attention_scores(self, query, key, attention_mask=None):
+        scores = torch.matmul(query, key.transpose(-1, -2)) * self.scale
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        return scores.softmax(dim=-1).to(query.dtype)
+
     def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None,
                 call_options: CallOptions = NO_OPTIONS, **cross_attention_kwargs):
         processor = self.processor
@@ -177,6 +201,9 @@ class Attention(nn.Module):
             kwargs["call_options"] = call_options
         else:  # a foreign processor (e.g. diffusers'): pass only what its signature takes, as diffusers does
             kwargs = {k: v for k, v in kwargs.items() if _accepts(processor, k)}
+            if attention_mask is not None:  # theirs take an additive float mask
+                attention_mask = torch.zeros(attention_mask.shape, dtype=hidden_states.dtype,
+                                             device=hidden_states.device).masked_fill(~attention_mask, -10000.0)
         return processor(self, hidden_states, encoder_hidden_states=encoder_hidden_states,
                          attention_mask=attention_mask, **kwargs)
 

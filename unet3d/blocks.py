@@ -107,7 +107,7 @@ class UpBlock3D(_Layers):
                 freeu: Optional[dict] = None, before_concat: Optional[Callable] = None):
         stage = freeu_stage(self.resolution_idx, freeu)
         for i in range(len(self.resnets)):
-            skip = skips.pop()
+            skip = skips[-1 - i]  # last first; the list is not consumed (checkpoint recomputation replays this)
             if before_concat is not None:
                 h, skip = before_concat(h, skip)
             if stage is not None:

@@ -54,7 +54,7 @@ class RuntimeControls:
     def set_default_attn_processor(self) -> None:
         """Back to the classic attention processor (diffusers' ``AttnProcessor``) everywhere."""
         current = self.attn_processors.values()
-        if not all(isinstance(p, _DEFAULT_PROCESSOR_TYPES) for p in current):
+        if not all(type(p) in _DEFAULT_PROCESSOR_TYPES for p in current):
             kinds = sorted({type(p).__name__ for p in current})
             raise ValueError(f"Cannot call `set_default_attn_processor` when attention processors are of type "
                              f"{kinds}; call `unfuse_qkv_projections()` first if the projections are fused.")
