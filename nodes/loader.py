@@ -1,0 +1,145 @@
+"""``UNet3DLoader``: a ModelScope / Zeroscope UNet3D checkpoint from ComfyUI's model folders -> ``MODEL``.
+
+Thin glue: folder_paths finds the file, ``unet3d.checkpoint`` reads it (original or diffusers layout, safe loading)
+and infers the config, ``model_base.build_model`` builds the UNet from comfy.ops layers, and a ModelPatcher with
+ComfyUI's load / offload devices hands it to model management (lowvram streaming, fp8 storage via manual_cast).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import List, Optional, Tuple
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import folder_paths
+
+from ..unet3d.checkpoint import mismatch_report, read_unet3d_state_dict
+from ..unet3d.checkpoint_errors import CheckpointError
+from ..unet3d.config import UNet3DConfig
+from ..unet3d.config_inference import infer_config
+from .model_base import UNet3DModelConfig, build_model
+
+log = logging.getLogger("unet3d")
+
+DIFFUSERS_TAG = "[diffusers] "
+WEIGHT_DTYPES = {"default": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
+                 "fp8_e4m3fn": getattr(torch, "float8_e4m3fn", None)}
+
+
+def _diffusers_unet_dirs() -> List[Tuple[str, str]]:
+    """(display name, unet directory) for every diffusers UNet3D under the 'diffusers' model folders: a pipeline
+    folder with ``unet/config.json`` or a bare UNet folder whose config.json names UNet3DConditionModel."""
+    found = []
+    for root in folder_paths.get_folder_paths("diffusers"):
+        if not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames.sort()
+            if "config.json" not in filenames:
+                continue
+            try:
+                with open(os.path.join(dirpath, "config.json"), encoding="utf-8") as fh:
+                    is_unet3d = json.load(fh).get("_class_name") == "UNet3DConditionModel"
+            except (OSError, ValueError):
+                continue
+            if is_unet3d:
+                rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+                if rel.endswith("/unet"):
+                    rel = rel[: -len("/unet")]
+                found.append((DIFFUSERS_TAG + rel, dirpath))
+    return found
+
+
+def unet_choices() -> List[str]:
+    return folder_paths.get_filename_list("unet") + [name for name, _ in _diffusers_unet_dirs()]
+
+
+def _weight_files(unet_dir: str) -> List[str]:
+    names = sorted(os.listdir(unet_dir))
+    for ext in (".safetensors", ".bin"):
+        files = [n for n in names if n.startswith("diffusion_pytorch_model") and n.endswith(ext)]
+        if files:
+            return [os.path.join(unet_dir, n) for n in files]
+    raise CheckpointError(f"{unet_dir}: no diffusion_pytorch_model*.safetensors or *.bin weights next to config.json")
+
+
+def resolve(unet_name: str) -> Tuple[List[str], Optional[str]]:
+    """(weight files, config.json path or None) for a combo value."""
+    if unet_name.startswith(DIFFUSERS_TAG):
+        for name, unet_dir in _diffusers_unet_dirs():
+            if name == unet_name:
+                return _weight_files(unet_dir), os.path.join(unet_dir, "config.json")
+    else:
+        path = folder_paths.get_full_path("unet", unet_name)
+        if path is not None:
+            return [path], None
+    roots = folder_paths.get_folder_paths("unet") + folder_paths.get_folder_paths("diffusers")
+    raise FileNotFoundError(f"UNet3D model {unet_name!r} was not found. Put the .safetensors/.pth file in one of "
+                            f"{roots} (or a diffusers folder with unet/config.json under the diffusers folders) and "
+                            f"refresh the node list.")
+
+
+def load_unet3d(unet_name: str, weight_dtype: str = "default"):
+    if weight_dtype not in WEIGHT_DTYPES or (weight_dtype != "default" and WEIGHT_DTYPES[weight_dtype] is None):
+        raise ValueError(f"weight_dtype {weight_dtype!r} is not available here; use one of "
+                         f"{[k for k, v in WEIGHT_DTYPES.items() if k == 'default' or v is not None]}")
+    paths, config_path = resolve(unet_name)
+    sd, info = read_unet3d_state_dict(paths)
+    if config_path:
+        with open(config_path, encoding="utf-8") as fh:
+            config, _ignored = UNet3DConfig.from_dict(json.load(fh))
+    else:
+        config, _ignored = UNet3DConfig.from_dict(infer_config(sd, info.source))
+    unet_config = dict(config)
+    unet_config["model_channels"] = config["block_out_channels"][0]   # read by core FreeU / model management
+
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    supported = UNet3DModelConfig.supported_inference_dtypes
+    dtype = WEIGHT_DTYPES[weight_dtype]
+    if dtype is None:
+        params = sum(t.numel() for t in sd.values())
+        dtype = mm.unet_dtype(model_params=params, supported_dtypes=supported)
+    manual_cast = mm.unet_manual_cast(dtype, load_device, supported)
+    model = build_model(unet_config, dtype, load_device, offload_device, manual_cast)
+    expected = {k: tuple(v.shape) for k, v in model.diffusion_model.state_dict().items()}
+    report = mismatch_report(expected, sd)
+    if report:
+        raise CheckpointError(f"{info.source} does not match the UNet3D built from "
+                              f"{config_path or 'the config inferred from its shapes'}:\n{report}")
+    model.diffusion_model.load_state_dict(sd, strict=True)
+    model.diffusion_model.eval()
+    log.info("UNet3D loaded from %s (%s layout, weights %s, compute %s)", info.source, info.layout, dtype,
+             manual_cast or dtype)
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
+class UNet3DLoader:
+    DESCRIPTION = ("Loads a ModelScope text-to-video / Zeroscope UNet3D (original .pth/.safetensors, or diffusers "
+                   "format) as a MODEL for the core samplers. Use an SD2 OpenCLIP-H text encoder and an SD1.5 VAE.")
+    CATEGORY = "video/unet3d"
+    FUNCTION = "load"
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The UNet3D video diffusion model (eps prediction, SD latent space); frames travel in the "
+                       "latent batch.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "unet_name": (unet_choices(), {
+                "tooltip": "UNet3D weights: a file in models/unet or models/diffusion_models (e.g. Zeroscope's "
+                           "text2video_pytorch_model.pth), or a diffusers folder under models/diffusers "
+                           "(listed as '[diffusers] name')."}),
+            "weight_dtype": (list(WEIGHT_DTYPES), {
+                "default": "default",
+                "tooltip": "Storage dtype of the weights. 'default' lets ComfyUI choose for your device; fp8 halves "
+                           "memory again (computed in fp16/bf16/fp32)."}),
+        }}
+
+    def load(self, unet_name, weight_dtype="default"):
+        return (load_unet3d(unet_name, weight_dtype),)
