@@ -145,10 +145,14 @@ def _check_class(raw: Mapping[str, Any], where: Path) -> None:
                               f"(ModelScope text-to-video / Zeroscope UNet).")
 
 
-def _config_from_mapping(raw: Mapping[str, Any], where: str) -> UNet3DConfig:
+def _config_from_mapping(raw: Mapping[str, Any], where: str, inferred: bool = False) -> UNet3DConfig:
     try:
         config, ignored = UNet3DConfig.from_dict(raw)
     except (ValueError, TypeError) as exc:
+        if inferred:
+            raise CheckpointError(f"the config inferred from the tensor shapes of {where} is not valid ({exc}). The "
+                                  f"file may be damaged or use an unusual architecture; pass config= (a config.json "
+                                  f"path or dict) describing it.") from exc
         raise CheckpointError(f"config from {where} is not a valid UNet3D config: {exc}") from exc
     extra = [k for k in ignored if not k.startswith("_")]
     if extra:
@@ -193,7 +197,7 @@ def load_single_file(cls: Any, path: PathLike, config: Optional[Union[Mapping[st
         raw, origin = _explicit_config(config)
         if attention_head_dim is not None:
             raw["attention_head_dim"] = attention_head_dim
-    model_config = _config_from_mapping(raw, origin if config is not None else info.source)
+    model_config = _config_from_mapping(raw, origin if config is not None else info.source, inferred=config is None)
     model = build_on_meta(cls, model_config)
     return assign_state_dict(model, sd, info.source, origin)
 

@@ -14,6 +14,7 @@ import json
 import pickle
 import re
 import struct
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
@@ -64,6 +65,9 @@ def read_weight_file(path: PathLike) -> Any:
     kind = sniff_format(path)
     if kind == "safetensors":
         return _read_safetensors(path, size)
+    if kind == "torch-zip" and not zipfile.is_zipfile(path):
+        raise CorruptCheckpointError(f"{path} is truncated or corrupt: it starts like a PyTorch zip checkpoint but "
+                                     f"the zip directory at its end is missing ({size} bytes). Download it again.")
     if kind in ("torch-zip", "pickle"):
         return _read_pickle(path, mmap=kind == "torch-zip")
     if kind == "gguf":
