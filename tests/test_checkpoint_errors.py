@@ -104,6 +104,10 @@ def test_missing_paths(tmp_path):
         UNet3DConditionModel.from_pretrained(tmp_path / "nope_dir")
     with pytest.raises(CheckpointError, match="is a folder"):
         load(tmp_path)
+    weights = tmp_path / "unet.safetensors"
+    save_file(reference("odd")[1].state_dict(), weights)
+    with pytest.raises(CheckpointError, match="unet.safetensors is a file.*from_single_file"):
+        UNet3DConditionModel.from_pretrained(weights)
 
 
 def test_folder_without_weights_lists_what_it_found(tmp_path):
@@ -273,6 +277,15 @@ def test_missing_and_unexpected_keys_listed_with_shapes(tmp_path):
     assert "2 missing keys" in message and "conv_norm_out.weight (32)" in message
     assert "down_blocks.0.attentions.0.proj_out.bias (32)" in message
     assert "1 unexpected keys" in message and "down_blocks.0.resnets.0.extra.weight (3, 5)" in message
+
+
+def test_inconsistent_shapes_without_config_ask_for_one(tmp_path):
+    sd = dict(reference("odd")[1].state_dict())
+    sd["down_blocks.0.resnets.0.conv1.weight"] = torch.zeros(3, 5, 3, 3)
+    path = tmp_path / "odd.safetensors"
+    save_file(sd, path)
+    with pytest.raises(CheckpointError, match=r"inferred from the tensor shapes of .*odd\.safetensors.*pass config="):
+        load(path)
 
 
 def test_unknown_original_layout_keys_are_listed(tmp_path):
