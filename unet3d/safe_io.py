@@ -119,6 +119,7 @@ def _read_safetensors(path: Path, size: int) -> Dict[str, torch.Tensor]:
 
 
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+_OPERAND_RE = re.compile(r"Unsupported operand \S+")
 
 
 def _read_pickle(path: Path, mmap: bool) -> Any:
@@ -127,16 +128,30 @@ def _read_pickle(path: Path, mmap: bool) -> Any:
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" not in text and "Unsupported" not in text:
-            raise CorruptCheckpointError(f"{path} is not a readable PyTorch checkpoint: {_one_line(text)}. It is "
+            raise CorruptCheckpointError(f"{path} is not a readable PyTorch checkpoint ({_describe(exc)}). It is "
                                          f"probably truncated or corrupt; download it again.") from exc
         found = _GLOBAL_RE.search(text)
-        what = f" (it references `{found.group(1)}`)" if found else ""
+        operand = _OPERAND_RE.search(text)
+        if found:
+            what = f"Python objects other than tensors (it references `{found.group(1)}`)"
+        elif operand:
+            what = (f"pickle instructions the safe loader does not allow ({operand.group(0)}); the file is either "
+                    f"corrupt or built to run code")
+        else:
+            what = "Python objects other than tensors"
         raise UnsafeCheckpointError(
-            f"Refused to load {path}: this pickle contains Python objects other than tensors{what}, and loading it "
-            f"would run code from the file. Nothing from it was executed. {_SAFETENSORS_HINT}") from None
+            f"Refused to load {path}: this pickle contains {what}, and loading it could run code from the file. "
+            f"Nothing from it was executed. {_SAFETENSORS_HINT}") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, struct.error) as exc:
-        raise CorruptCheckpointError(f"{path} is not a readable PyTorch checkpoint: {_one_line(str(exc))}. It is "
+        raise CorruptCheckpointError(f"{path} is not a readable PyTorch checkpoint ({_describe(exc)}). It is "
                                      f"probably truncated or corrupt; download it again.") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    text = _one_line(str(exc)).rstrip(".")
+    if isinstance(exc, EOFError) or not text:
+        return f"{type(exc).__name__}: {text or 'the file ends too early'}"
+    return text
 
 
 def _one_line(text: str, limit: int = 200) -> str:
