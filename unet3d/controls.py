@@ -145,9 +145,16 @@ class RuntimeControls:
     def disable_gradient_checkpointing(self) -> None:
         self.gradient_checkpointing = False
 
+    def load_lora(self, lora, strength: float = 1.0) -> List[str]:
+        """Merge a LoRA (a file path or a state dict; layouts: see ``unet3d.lora``) into the weights, scaled by
+        ``strength``; returns the changed weight names. Several LoRAs add up; ``unload_lora`` undoes them all."""
+        from .lora import merge_lora
+        return merge_lora(self, lora, strength)
+
     def unload_lora(self) -> None:
-        """Restore the base weights after LoRA loading. No LoRA can be loaded into this class yet: a no-op."""
-        return None
+        """Restore, bit for bit, every weight changed by ``load_lora`` (a no-op when no LoRA is loaded)."""
+        from .lora import unmerge_lora
+        unmerge_lora(self)
 
 
 def text_mask(attention_mask: Optional[torch.Tensor], b: int, f: int,
