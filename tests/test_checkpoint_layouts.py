@@ -188,3 +188,53 @@ def test_helpers_reject_unknown_layout():
     assert prefix is None and list(sd) == ["first_stage_model.x"]
     assert list(unwrap({"a": {"b": {"conv_in.weight": torch.zeros(1)}}}, "x")) == ["conv_in.weight"]
     assert ORIGINAL == "original"
+
+
+# ---- the full ModelScope 1.7B / Zeroscope geometry, on meta tensors (no memory) --------------------------------
+
+SPEC_EXAMPLES = [  # unet3d-spec.md 6b worked examples: original key, shape, diffusers key, shape
+    ("time_embed.0.weight", (1280, 320), "time_embedding.linear_1.weight", (1280, 320)),
+    ("input_blocks.0.1.proj_in.weight", (512, 320, 1), "transformer_in.proj_in.weight", (512, 320)),
+    ("input_blocks.0.1.transformer_blocks.0.ff.net.0.proj.weight", (4096, 512),
+     "transformer_in.transformer_blocks.0.ff.net.0.proj.weight", (4096, 512)),
+    ("input_blocks.4.0.skip_connection.weight", (640, 320, 1, 1), "down_blocks.1.resnets.0.conv_shortcut.weight",
+     (640, 320, 1, 1)),
+    ("input_blocks.5.0.temopral_conv.conv2.3.weight", (640, 640, 3, 1, 1), "down_blocks.1.temp_convs.1.conv2.3.weight",
+     (640, 640, 3, 1, 1)),
+    ("input_blocks.7.1.transformer_blocks.0.attn2.to_k.weight", (1280, 1024),
+     "down_blocks.2.attentions.0.transformer_blocks.0.attn2.to_k.weight", (1280, 1024)),
+    ("input_blocks.8.2.proj_out.weight", (1280, 1280, 1), "down_blocks.2.temp_attentions.1.proj_out.weight",
+     (1280, 1280)),
+    ("input_blocks.9.op.weight", (1280, 1280, 3, 3), "down_blocks.2.downsamplers.0.conv.weight", (1280, 1280, 3, 3)),
+    ("middle_block.0.temopral_conv.conv1.2.weight", (1280, 1280, 3, 1, 1), "mid_block.temp_convs.0.conv1.2.weight",
+     (1280, 1280, 3, 1, 1)),
+    ("middle_block.3.emb_layers.1.weight", (1280, 1280), "mid_block.resnets.1.time_emb_proj.weight", (1280, 1280)),
+    ("output_blocks.0.0.in_layers.0.weight", (2560,), "up_blocks.0.resnets.0.norm1.weight", (2560,)),
+    ("output_blocks.2.1.conv.bias", (1280,), "up_blocks.0.upsamplers.0.conv.bias", (1280,)),
+    ("output_blocks.5.3.conv.weight", (1280, 1280, 3, 3), "up_blocks.1.upsamplers.0.conv.weight", (1280, 1280, 3, 3)),
+    ("output_blocks.8.1.proj_in.weight", (640, 640), "up_blocks.2.attentions.2.proj_in.weight", (640, 640)),
+    ("output_blocks.11.2.transformer_blocks.0.attn2.to_v.weight", (320, 320),
+     "up_blocks.3.temp_attentions.2.transformer_blocks.0.attn2.to_v.weight", (320, 320)),
+    ("out.2.weight", (4, 320, 3, 3), "conv_out.weight", (4, 320, 3, 3)),
+]
+
+
+def test_full_size_mapping_matches_spec_examples():
+    from unet3d.config import DEFAULTS
+
+    sd = UNet3DConditionModel(device="meta").state_dict()
+    original = diffusers_to_original(sd, dict(DEFAULTS))
+    assert len(original) == len(sd) == 1480
+    assert sum(v.ndim == 3 and k.endswith(("proj_in.weight", "proj_out.weight")) for k, v in original.items()) == 34
+    converted = original_to_diffusers(original)
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in sd.items()}
+    tagged = original_to_diffusers({k: torch.tensor([i]) for i, k in enumerate(original)})  # which key went where
+    index = {k: i for i, k in enumerate(original)}
+    for orig_key, orig_shape, diff_key, diff_shape in SPEC_EXAMPLES:
+        assert tuple(original[orig_key].shape) == orig_shape, orig_key
+        assert tuple(converted[diff_key].shape) == diff_shape, diff_key
+        assert tagged[diff_key].item() == index[orig_key], (orig_key, diff_key)
+    inferred = infer_config(converted)
+    for key, value in inferred.items():
+        want = DEFAULTS[key]
+        assert (tuple(value) if isinstance(value, list) else value) == want, key
