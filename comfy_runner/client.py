@@ -37,7 +37,7 @@ class HostProcess:
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc = subprocess.Popen(
             [python, "-u", str(WORKER), "--comfyui", str(self.root), "--output", str(self.output_dir),
-             "--plugin-root", str(REPO_ROOT), "--host-args", host_args],
+             "--plugin-root", str(REPO_ROOT), f"--host-args={host_args}"],
             cwd=str(self.root), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         if log:
             log.close()

@@ -147,7 +147,8 @@ class Host:
         messages = [[e, _jsonable(d)] for e, d in ex.status_messages]
         if not ex.success:
             err = next((d for e, d in ex.status_messages if e in ("execution_error", "execution_interrupted")), {})
-            return {"ok": False, "error": _jsonable(err), "messages": messages, "seconds": seconds}
+            err = {k: v for k, v in err.items() if k not in ("current_inputs", "current_outputs")}
+            return {"ok": False, "error": _jsonable(err), "messages": messages[-3:], "seconds": seconds}
         ui = ex.history_result["outputs"] if hasattr(ex, "history_result") else ex.outputs_ui
         captured = {}
         for node_id in capture or []:
@@ -156,6 +157,7 @@ class Host:
             self.torch.save(_tensors(raw), path)
             captured[node_id] = path
         return {"ok": True, "outputs": _jsonable(ui), "captured": captured, "seconds": seconds, "node_seconds": node_seconds,
+                "messages": [m for m in messages if m[0] in ("execution_cached", "execution_start")],
                 "output_dir": self.folder_paths.get_output_directory()}
 
     def object_info(self, **_):
