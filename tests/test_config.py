@@ -23,6 +23,10 @@ def test_from_dict_ignores_diffusers_bookkeeping_keys():
          "block_out_channels": [32, 64], **{k: v for k, v in TINY.items() if k != "block_out_channels"}})
     assert ignored == ["_class_name", "_diffusers_version", "flip_sin_to_cos"]
     assert unet3d.UNet3DConditionModel(**cfg).config == cfg
+    from diffusers import UNet3DConditionModel as Reference
+
+    reference_config = dict(Reference(**TINY).config)
+    assert unet3d.UNet3DConditionModel.from_config(reference_config).config == cfg
 
 
 def _heads(model):

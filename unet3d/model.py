@@ -5,6 +5,7 @@ and temporal transformers mix frames, spatial transformers cross-attend to the t
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -19,6 +20,8 @@ from .embeddings import TimestepEmbedding, timestep_sinusoid
 from .ops import resolve
 from .options import CallOptions, from_transformer_options
 from .transformer import TransformerTemporalModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -246,6 +249,15 @@ class UNet3DConditionModel(nn.Module, controls.RuntimeControls):
         return block(*args)
 
     # ----------------------------------------------------------------------------------------------- checkpoints
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        """Build (random weights) from a config mapping such as a diffusers config.json; bookkeeping keys like
+        ``_class_name`` and keys of other UNets are ignored, with a notice."""
+        parsed, ignored = cfgmod.UNet3DConfig.from_dict(config)
+        if ignored:
+            log.info("UNet3DConditionModel.from_config ignores keys it does not use: %s", ignored)
+        return cls(**parsed, **kwargs)
+
     @classmethod
     def from_pretrained(cls, path, subfolder=None, torch_dtype=None, variant=None, **kwargs):
         """Load a diffusers model folder (or a pipeline root, whose ``unet/`` is used)."""
