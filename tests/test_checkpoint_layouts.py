@@ -128,6 +128,7 @@ def test_inferred_config_matches_reference(ref):
     sd = model.state_dict()
     for state in (sd, original_to_diffusers(diffusers_to_original(sd, config))):
         inferred = infer_config(state)
+        assert inferred.pop("sample_size") == 32  # not in the weights; the published configs' value
         for key, value in inferred.items():
             want = config.get(key)
             assert (list(value) if isinstance(value, (list, tuple)) else value) == \
@@ -235,6 +236,7 @@ def test_full_size_mapping_matches_spec_examples():
         assert tuple(converted[diff_key].shape) == diff_shape, diff_key
         assert tagged[diff_key].item() == index[orig_key], (orig_key, diff_key)
     inferred = infer_config(converted)
+    assert inferred.pop("sample_size") == 32
     for key, value in inferred.items():
         want = DEFAULTS[key]
         assert (tuple(value) if isinstance(value, list) else value) == want, key

@@ -56,6 +56,9 @@ def infer_config(sd: Mapping[str, torch.Tensor], source: str = "checkpoint",
         head_dim = (inner.shape[0] // TRANSFORMER_IN_HEADS
                     if inner is not None and inner.shape[0] % TRANSFORMER_IN_HEADS == 0 else DEFAULT_HEAD_DIM)
     return {
+        # not visible in the weights and unused by the model; 32 (x8 VAE = 256 px) is what every published
+        # ModelScope / Zeroscope config says, and diffusers pipelines need a number here for their default size
+        "sample_size": 32,
         "in_channels": conv_in[1],
         "out_channels": _shape(sd, "conv_out.weight", source)[0],
         "down_block_types": down_types,
