@@ -121,6 +121,17 @@ def _resolve_model_folder(path: PathLike, subfolder: Optional[str]) -> Path:
     return folder
 
 
+ORIGINAL_RELEASE_NAME = "text2video_pytorch_model.pth"  # ModelScope / Zeroscope (A1111 extension) folders
+
+
+def _original_release_file(path: PathLike, subfolder: Optional[str]) -> Optional[Path]:
+    folder = Path(path) / subfolder if subfolder else Path(path)
+    if not folder.is_dir() or (folder / CONFIG_NAME).exists() or (folder / "model_index.json").exists():
+        return None
+    candidate = folder / ORIGINAL_RELEASE_NAME
+    return candidate if candidate.is_file() else None
+
+
 def _unet_of_pipeline(root: Path) -> Path:
     index = _read_json(root / "model_index.json")
     entry = index.get("unet")
@@ -162,7 +173,15 @@ def _config_from_mapping(raw: Mapping[str, Any], where: str, inferred: bool = Fa
 
 def load_pretrained(cls: Any, path: PathLike, subfolder: Optional[str] = None,
                     torch_dtype: Optional[torch.dtype] = None, variant: Optional[str] = None) -> torch.nn.Module:
-    """Load a diffusers-format UNet3D folder (or a pipeline root whose unet/ is used)."""
+    """Load a diffusers-format UNet3D folder (or a pipeline root whose unet/ is used). A ModelScope / Zeroscope
+    release folder (``text2video_pytorch_model.pth`` and no config.json) is loaded as a single file."""
+    original = _original_release_file(path, subfolder)
+    if original is not None:
+        if variant:
+            raise CheckpointNotFoundError(f"{original.parent} is a ModelScope-layout folder; it has no {variant!r} "
+                                          f"variant. Pass variant=None.")
+        log.info("%s has no config.json; loading its ModelScope checkpoint %s", original.parent, original.name)
+        return load_single_file(cls, original, torch_dtype=torch_dtype)
     folder = _resolve_model_folder(path, subfolder)
     raw = _read_json(folder / CONFIG_NAME)
     _check_class(raw, folder / CONFIG_NAME)
