@@ -1,12 +1,25 @@
 """ComfyUI glue (imports comfy; only imported from inside a running ComfyUI). One responsibility per module."""
+from .frame_batching import UNet3DFrameBatching
 from .latent import UNet3DEmptyLatentVideo
 from .loader import UNet3DLoader
+from .lora import UNet3DLoraLoader
+from .patches import UNet3DAttentionSlicing, UNet3DForwardChunking, UNet3DFreeU
 
 NODE_CLASS_MAPPINGS = {
     "UNet3DLoader": UNet3DLoader,
     "UNet3DEmptyLatentVideo": UNet3DEmptyLatentVideo,
+    "UNet3DFrameBatching": UNet3DFrameBatching,
+    "UNet3DFreeU": UNet3DFreeU,
+    "UNet3DAttentionSlicing": UNet3DAttentionSlicing,
+    "UNet3DForwardChunking": UNet3DForwardChunking,
+    "UNet3DLoraLoader": UNet3DLoraLoader,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "UNet3DLoader": "Load UNet3D Model",
     "UNet3DEmptyLatentVideo": "Empty UNet3D Video Latent",
+    "UNet3DFrameBatching": "UNet3D Frame Batching (long videos)",
+    "UNet3DFreeU": "UNet3D FreeU",
+    "UNet3DAttentionSlicing": "UNet3D Attention Slicing",
+    "UNet3DForwardChunking": "UNet3D Feed-Forward Chunking",
+    "UNet3DLoraLoader": "Load UNet3D LoRA",
 }

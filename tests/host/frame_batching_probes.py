@@ -19,9 +19,10 @@ def _run(host, prompt):
 
 
 def calls_seen(host, prompt):
-    """Sample ``prompt``; return what each UNet call received (rows, cond chunks, num_video_frames) and a summary of
-    the sampled latent."""
-    _run(host, prompt)                              # loads the model (cached for the run below)
+    """Sample ``prompt`` (its loader output must be cached by an earlier prompt); return what each UNet call
+    received (rows, cond chunks, num_video_frames) and a summary of the sampled latent."""
+    if host.raw_output(LOADER) is None:
+        raise RuntimeError("run a prompt with the same loader first: the UNet to hook comes from its cached output")
     seen = []
     unet = _first(host.raw_output(LOADER)).model.diffusion_model
 
@@ -29,9 +30,6 @@ def calls_seen(host, prompt):
         seen.append([args[0].shape[0], len(kwargs["transformer_options"]["cond_or_uncond"]),
                      kwargs.get("num_video_frames")])
     handle = unet.register_forward_pre_hook(hook, with_kwargs=True)
-    prompt = dict(prompt)
-    prompt[SAMPLER] = {**prompt[SAMPLER], "inputs": {**prompt[SAMPLER]["inputs"],
-                                                     "seed": prompt[SAMPLER]["inputs"]["seed"] + 1}}
     try:
         out = _run(host, prompt)
     finally:

@@ -28,8 +28,7 @@ def with_freeu_v2(prompt):
 
 
 @pytest.mark.parametrize("sampler_name, scheduler", [("euler", "normal"), ("dpmpp_2m", "karras"),
-                                                     ("ddim", "ddim_uniform"), ("uni_pc", "normal"),
-                                                     ("euler_ancestral", "normal")])
+                                                     ("ddim", "ddim_uniform"), ("uni_pc", "normal")])
 def test_context_covering_every_frame_is_bit_identical_to_no_batching(host, sampler_name, scheduler):
     kw = dict(frames=8, steps=2, cfg=6.0, seed=21, sampler_name=sampler_name, scheduler=scheduler)
     plain, _ = host.sample(host.prompt(**kw))
@@ -41,7 +40,8 @@ def test_context_covering_every_frame_is_bit_identical_to_no_batching(host, samp
 
 
 def test_64_frames_sample_in_windows_with_cfg_and_core_freeu_v2(host):
-    prompt = with_freeu_v2(host.prompt(frames=64, steps=2, cfg=7.5, seed=5,
+    host.sample(host.prompt(frames=8, steps=1, seed=31))          # caches the loader output the probe hooks
+    prompt = with_freeu_v2(host.prompt(frames=64, steps=1, cfg=7.5, seed=5,
                                        patch=batching(24, 8, max_batch_rows=24)))
     r = host.proc.call(str(PROBES), "calls_seen", prompt=prompt)
     assert r["shape"] == [64, 4, 16, 16] and r["finite"] and r["std"] > 0
@@ -49,14 +49,14 @@ def test_64_frames_sample_in_windows_with_cfg_and_core_freeu_v2(host):
     # cond and uncond split into calls of one window (24 frames) of one video each
     assert all(rows == 24 and k == 1 for rows, k, _ in r["calls"]), r["calls"][:6]
     windows = 4                                     # 64 frames, length 24, overlap >= 8
-    assert len(r["calls"]) == 2 * windows * 2       # euler, 2 steps x (cond + uncond) x windows
+    assert len(r["calls"]) == 2 * windows           # one euler step: (cond + uncond) x windows
 
 
 def test_windowed_sampling_differs_from_full_and_freeu_still_acts(host):
-    kw = dict(frames=32, steps=2, cfg=7.0, seed=6)
+    kw = dict(frames=24, steps=1, cfg=7.0, seed=6)
     full, _ = host.sample(host.prompt(**kw))
-    windowed, _ = host.sample(host.prompt(patch=batching(16, 4, fuse_method="overlap-linear"), **kw))
-    freeu, _ = host.sample(with_freeu_v2(host.prompt(patch=batching(16, 4, fuse_method="overlap-linear"), **kw)))
+    windowed, _ = host.sample(host.prompt(patch=batching(12, 4, fuse_method="overlap-linear"), **kw))
+    freeu, _ = host.sample(with_freeu_v2(host.prompt(patch=batching(12, 4, fuse_method="overlap-linear"), **kw)))
     assert torch.isfinite(windowed).all() and torch.isfinite(freeu).all()
     assert not torch.allclose(full, windowed, atol=1e-4)
     assert not torch.allclose(windowed, freeu, atol=1e-3), "FreeU_V2 must still change the windowed output"

@@ -1,0 +1,119 @@
+"""``UNet3DFrameBatching``: sample videos of any length in windows of frames, in bounded batches.
+
+Glue only: the window layout and fuse weights are ``unet3d.windows``, the batching and fusion ``unet3d.frame_batching``.
+The node clones the MODEL and installs a model function wrapper (``set_model_unet_function_wrapper``, the same hook in
+every ComfyUI version), so samplers, FreeU / slicing / chunking patches and core nodes are untouched: the wrapper only
+decides which rows of the ``(k*F, C, h, w)`` batch reach ``apply_model`` together. A wrapper already on the model
+(another node's) is kept and called inside ours, once per window batch.
+"""
+from __future__ import annotations
+
+from ..unet3d.frame_batching import FrameCall, fuse_calls, frame_layout, plan_calls
+from ..unet3d.windows import DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, FUSE_METHODS, WindowSettings
+
+MAX_FRAMES = 4096
+
+
+def call_previous(apply_model, args):
+    return apply_model(args["input"], args["timestep"], **args["c"])
+
+
+def conds_for_call(c: dict, call: FrameCall) -> dict:
+    """The ``c`` dict for one call: per-frame / per-video tensors sliced, per-chunk lists subset, the window's frame
+    count as ``num_video_frames`` (when the model gets one), everything else (constants, control objects) kept."""
+    out = {key: call.take(value) for key, value in c.items() if key != "transformer_options"}
+    if "num_video_frames" in c:
+        out["num_video_frames"] = call.frames
+    options = dict(c.get("transformer_options") or {})
+    if "cond_or_uncond" in options:
+        options["cond_or_uncond"] = call.take_list(options["cond_or_uncond"])
+    if isinstance(options.get("uuids"), (list, tuple)):
+        options["uuids"] = call.take_list(options["uuids"])
+    if "sigmas" in options:
+        options["sigmas"] = call.take(options["sigmas"])
+    out["transformer_options"] = options
+    return out
+
+
+class FrameBatchingWrapper:
+    """The model function wrapper. Plain data plus the wrapper it replaced; ``to`` forwards to that one, since
+    ComfyUI moves a wrapper that has ``to`` with the model."""
+
+    def __init__(self, settings: WindowSettings, max_batch_rows: int, previous=None):
+        self.settings = settings
+        self.max_batch_rows = max_batch_rows
+        self.previous = previous
+
+    def to(self, device):
+        if hasattr(self.previous, "to"):
+            self.previous = self.previous.to(device)
+        return self
+
+    def __call__(self, apply_model, args):
+        inner = self.previous if self.previous is not None else call_previous
+        x, c, cond_or_uncond = args["input"], args["c"], args["cond_or_uncond"]
+        layout = frame_layout(x.shape[0], len(cond_or_uncond), c.get("num_video_frames"))
+        calls = plan_calls(layout, self.settings.windows(layout.frames), self.max_batch_rows)
+
+        def apply_call(call: FrameCall):
+            if call.whole:
+                return inner(apply_model, args)
+            call_args = dict(args)
+            call_args.update(input=call.take(x), timestep=call.take(args["timestep"]), c=conds_for_call(c, call),
+                             cond_or_uncond=call.take_list(cond_or_uncond))
+            return inner(apply_model, call_args)
+        return fuse_calls(apply_call, calls)
+
+
+def _int(default, minimum, maximum, tooltip):
+    return ("INT", {"default": default, "min": minimum, "max": maximum, "step": 1, "tooltip": tooltip})
+
+
+class UNet3DFrameBatching:
+    DESCRIPTION = ("Sample long videos in overlapping windows of frames, fused per frame, with a cap on how many "
+                   "frame rows reach the UNet at once: videos of any length in bounded memory. Stack it with any "
+                   "sampler and with FreeU / attention slicing / chunking nodes.")
+    CATEGORY = "video/unet3d"
+    FUNCTION = "patch"
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("A copy of the model that samples in frame windows (the input model is unchanged).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The UNet3D model to sample in frame windows."}),
+            "context_length": _int(DEFAULT_CONTEXT_LENGTH, 1, MAX_FRAMES,
+                                   "Frames the UNet sees at once. ModelScope / Zeroscope were trained on 16-24. "
+                                   "Videos this long or shorter are sampled exactly as without this node."),
+            "context_overlap": _int(DEFAULT_CONTEXT_OVERLAP, 0, MAX_FRAMES - 1,
+                                    "Minimum frames shared by neighbouring windows (smaller than context_length). "
+                                    "More overlap: smoother transitions, more UNet calls."),
+            "context_stride": _int(1, 1, 8,
+                                   "1 = contiguous windows only. N > 1 adds windows over every 2nd, 4th, ... "
+                                   "2^(N-1)th frame for long-range consistency (more UNet calls)."),
+            "closed_loop": ("BOOLEAN", {"default": False,
+                                        "tooltip": "Windows wrap from the last frame to the first, for seamless "
+                                                   "looping videos."}),
+            "fuse_method": (list(FUSE_METHODS), {"default": "pyramid",
+                                                 "tooltip": "How overlapping windows blend per frame (weights sum to "
+                                                            "one): flat = plain average, pyramid = favour window "
+                                                            "centres, overlap-linear = linear cross-fade in the "
+                                                            "overlaps."}),
+            "max_batch_rows": _int(0, 0, 1 << 16,
+                                   "Most rows (frames x cond/uncond videos) sent to the UNet in one call; 0 = no "
+                                   "cap. Lower values split cond/uncond and windows into several calls: less memory, "
+                                   "slower. Must be 0 or at least context_length."),
+        }}
+
+    def patch(self, model, context_length, context_overlap, context_stride, closed_loop, fuse_method,
+              max_batch_rows):
+        settings = WindowSettings(context_length, context_overlap, context_stride, bool(closed_loop), fuse_method)
+        if max_batch_rows and max_batch_rows < context_length:
+            raise ValueError(f"max_batch_rows ({max_batch_rows}) is smaller than context_length ({context_length}); "
+                             f"one window of one video is the smallest UNet call. Use 0 (no cap) or at least "
+                             f"{context_length}, or lower context_length.")
+        patched = model.clone()
+        previous = patched.model_options.get("model_function_wrapper")
+        patched.set_model_unet_function_wrapper(FrameBatchingWrapper(settings, max_batch_rows, previous))
+        return (patched,)
