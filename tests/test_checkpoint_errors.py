@@ -150,7 +150,8 @@ def _fake(keys):
 def _sd15_ldm():
     p = "model.diffusion_model."
     return _fake({p + "time_embed.0.weight": (1280, 320), p + "input_blocks.0.0.weight": (320, 4, 3, 3),
-                  p + "input_blocks.1.0.in_layers.0.weight": (320,), p + "input_blocks.1.1.proj_in.weight": (320, 320, 1, 1),
+                  p + "input_blocks.1.0.in_layers.0.weight": (320,),
+                  p + "input_blocks.1.1.proj_in.weight": (320, 320, 1, 1),
                   p + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),
                   p + "middle_block.0.in_layers.0.weight": (1280,), p + "out.2.weight": (4, 320, 3, 3),
                   "first_stage_model.encoder.down.0.block.0.conv1.weight": (128, 128, 3, 3),
@@ -183,8 +184,9 @@ def _svd_diffusers():
 
 def _svd_sgm():
     p = "model.diffusion_model."
-    return _fake({p + "input_blocks.1.0.time_stack.in_layers.0.weight": (320,), p + "input_blocks.0.0.weight": (320, 8, 3, 3),
-                  p + "input_blocks.1.0.time_mixer.mix_factor": (1,), p + "input_blocks.1.0.in_layers.0.weight": (320,)})
+    return _fake({p + "input_blocks.1.0.time_stack.in_layers.0.weight": (320,),
+                  p + "input_blocks.0.0.weight": (320, 8, 3, 3), p + "input_blocks.1.0.time_mixer.mix_factor": (1,),
+                  p + "input_blocks.1.0.in_layers.0.weight": (320,)})
 
 
 def _animatediff():

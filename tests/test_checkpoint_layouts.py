@@ -6,9 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers_checkpoint import (FIXTURES, TINY, TINY_ODD, TINY_TIMECOND, count_temporal_transformers,
-                                diffusers_model, diffusers_to_original, forward, inputs_for, reference, rel_err,
-                                single_thread)
+from helpers_checkpoint import (FIXTURES, TINY_ODD, count_temporal_transformers, diffusers_model,  # noqa: F401
+                                diffusers_to_original, forward, inputs_for, reference, rel_err, single_thread)
 from unet3d import UNet3DConditionModel
 from unet3d.config_inference import infer_config
 from unet3d.layouts import ORIGINAL, original_to_diffusers, strip_prefix, unwrap

@@ -140,6 +140,6 @@ def test_modelscope_release_folder_loads_its_pth(tmp_path):
     """The folder layout ModelScope / Zeroscope publish (and the A1111 extension uses): no config.json."""
     config, model, inputs, want = reference("tiny")
     _save_original(tmp_path, config, model)
-    (tmp_path / "configuration.json").write_text(json.dumps({"framework": "pytorch", "task": "text-to-video-synthesis"}))
+    (tmp_path / "configuration.json").write_text(json.dumps({"framework": "pytorch", "task": "text-to-video"}))
     (tmp_path / "open_clip_pytorch_model.bin").write_bytes(b"not read")
     assert rel_err(forward(UNet3DConditionModel.from_pretrained(tmp_path), inputs), want) < 1e-5

@@ -90,7 +90,8 @@ _FOREIGN_MARKERS: List[Tuple[str, str]] = [
     (r"(^|\.)(encoder\.down\.|decoder\.up\.|encoder\.down_blocks\.|decoder\.up_blocks\.|quant_conv\.|"
      r"post_quant_conv\.|encoder\.mid\.|decoder\.mid\.)", "a VAE / autoencoder (AutoencoderKL)"),
     (r"(text_model\.|transformer\.resblocks\.|^resblocks\.|token_embedding\.|positional_embedding|"
-     r"encoder\.block\.\d+\.layer\.|conditioner\.embedders\.|cond_stage_model\.)", "a text encoder (CLIP / OpenCLIP / T5)"),
+     r"encoder\.block\.\d+\.layer\.|conditioner\.embedders\.|cond_stage_model\.)",
+     "a text encoder (CLIP / OpenCLIP / T5)"),
 ]
 _TEMPORAL_MARKERS = ("temopral_conv.", "temp_convs.", "temp_attentions.", "transformer_in.")
 
@@ -236,6 +237,7 @@ def _attention_or_resnet(target: str, part: int, j: int, rest: str, key: str) ->
 def _squeeze_projection(name: str, tensor: torch.Tensor) -> torch.Tensor:
     """Rule S1: Conv1d (out, in, 1) projections of temporal transformers become Linear (out, in) weights. A 1x1
     Conv2d projection is equivalent too, so (out, in, 1, 1) is accepted the same way."""
-    if name.endswith(("proj_in.weight", "proj_out.weight")) and tensor.ndim > 2 and all(s == 1 for s in tensor.shape[2:]):
+    projection = name.endswith(("proj_in.weight", "proj_out.weight"))
+    if projection and tensor.ndim > 2 and all(s == 1 for s in tensor.shape[2:]):
         return tensor.reshape(tensor.shape[0], tensor.shape[1])
     return tensor
