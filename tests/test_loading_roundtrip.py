@@ -1,8 +1,5 @@
 """Round trips between diffusers (the oracle) and our loader/saver/converter, in every folder form diffusers writes."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +10,6 @@ from unet3d import UNet3DConditionModel
 from unet3d.convert import main as convert_main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _diffusers_load(folder, **kwargs):
@@ -120,9 +116,11 @@ def test_convert_cli_reports_errors_and_help(tmp_path, capsys):
     assert convert_main([str(bad), str(tmp_path / "out")]) == 1
     assert "empty.pth is empty" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-    done = subprocess.run([sys.executable, "-m", "unet3d.convert", "--help"], capture_output=True, text=True,
-                          cwd=str(REPO))
-    assert done.returncode == 0 and "--config" in done.stdout and "--dtype" in done.stdout
+    with pytest.raises(SystemExit) as done:
+        convert_main(["--help"])
+    usage = capsys.readouterr().out
+    assert done.value.code == 0 and "python -m unet3d.convert" in usage
+    assert "--config" in usage and "--dtype" in usage and "--variant" in usage
 
 
 def test_converted_fixture_loads_in_diffusers_to_original_output(tmp_path):
@@ -143,3 +141,5 @@ def test_modelscope_release_folder_loads_its_pth(tmp_path):
     (tmp_path / "configuration.json").write_text(json.dumps({"framework": "pytorch", "task": "text-to-video"}))
     (tmp_path / "open_clip_pytorch_model.bin").write_bytes(b"not read")
     assert rel_err(forward(UNet3DConditionModel.from_pretrained(tmp_path), inputs), want) < 1e-5
+    assert convert_main([str(tmp_path), str(tmp_path / "diffusers")]) == 0
+    assert rel_err(forward(_diffusers_load(tmp_path / "diffusers"), inputs), want) < 1e-5

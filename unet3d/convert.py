@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Without --config the architecture is inferred from the tensor shapes (block widths, layers per "
                "block, attention levels, text width, head size from the input temporal transformer); values the "
                "shapes cannot show use the diffusers defaults of every published model.")
-    parser.add_argument("input", type=Path, help="checkpoint file: .safetensors, .pth, .pt, .bin or .ckpt")
+    parser.add_argument("input", type=Path,
+                        help="checkpoint file (.safetensors, .pth, .pt, .bin, .ckpt), or a folder: a ModelScope / "
+                             "Zeroscope release folder with text2video_pytorch_model.pth, or a diffusers folder")
     parser.add_argument("output", type=Path, help="output folder (created; existing files are overwritten)")
     parser.add_argument("--config", type=Path, default=None,
                         help="config.json (or a folder containing one) describing the model; default: inferred")
@@ -47,9 +49,12 @@ def convert(input_path: Path, output: Path, config: Optional[Path] = None, dtype
     """Load ``input_path`` with full validation and write it as a diffusers folder; returns the weights path."""
     from .model import UNet3DConditionModel
 
-    model = UNet3DConditionModel.from_single_file(input_path, config=config,
-                                                  torch_dtype=DTYPES[dtype] if dtype else None,
-                                                  attention_head_dim=attention_head_dim)
+    torch_dtype = DTYPES[dtype] if dtype else None
+    if Path(input_path).is_dir() and config is None and attention_head_dim is None:
+        model = UNet3DConditionModel.from_pretrained(input_path, torch_dtype=torch_dtype)
+    else:
+        model = UNet3DConditionModel.from_single_file(input_path, config=config, torch_dtype=torch_dtype,
+                                                      attention_head_dim=attention_head_dim)
     return model.save_pretrained(output, variant=variant)
 
 
