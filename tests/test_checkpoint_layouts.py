@@ -122,6 +122,29 @@ def test_original_layout_in_every_file_format(ref, tmp_path, suffix):
     assert rel_err(forward(loaded, inputs), want) < 1e-5
 
 
+UNUSUAL = {  # geometries no published model has, to make sure nothing in the mapping assumes the 1.7B layout
+    "attention-only-deep": dict(down_block_types=("DownBlock3D", "CrossAttnDownBlock3D"),
+                                up_block_types=("CrossAttnUpBlock3D", "UpBlock3D"), block_out_channels=(32, 64),
+                                layers_per_block=1, cross_attention_dim=8, attention_head_dim=4),
+    "single-level-3-layers": dict(down_block_types=("CrossAttnDownBlock3D",), up_block_types=("CrossAttnUpBlock3D",),
+                                  block_out_channels=(32,), layers_per_block=3, cross_attention_dim=8,
+                                  attention_head_dim=16, in_channels=2, out_channels=6),
+}
+
+
+@pytest.mark.parametrize("name", list(UNUSUAL))
+def test_unusual_geometries_round_trip_through_original_layout(tmp_path, name):
+    config = UNUSUAL[name]
+    model = diffusers_model(config)
+    torch.save(diffusers_to_original(model.state_dict(), config), tmp_path / "u.pth")
+    loaded = UNet3DConditionModel.from_single_file(tmp_path / "u.pth")
+    for key, value in config.items():
+        got = loaded.config[key]
+        assert (tuple(got) if isinstance(got, (list, tuple)) else got) == value, key
+    inputs = inputs_for(config)
+    assert rel_err(forward(loaded, inputs), forward(model, inputs)) < 1e-5
+
+
 def test_inferred_config_matches_reference(ref):
     config, model, _, _ = ref
     sd = model.state_dict()
@@ -153,12 +176,13 @@ def test_head_size_override_changes_geometry(ref, tmp_path):
 
 # ---- storage dtypes ---------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
-def test_storage_dtype_kept_or_cast(tmp_path, dtype):
+def test_storage_dtype_kept_or_cast(tmp_path, dtype, suffix):
     model = diffusers_model(TINY_ODD)
     stored = {k: v.to(dtype) for k, v in model.state_dict().items()}
-    path = tmp_path / "u.safetensors"
-    save_file(stored, path)
+    path = tmp_path / f"u{suffix}"
+    save_file(stored, path) if suffix == ".safetensors" else torch.save(stored, path)
     kept = UNet3DConditionModel.from_single_file(path)
     assert {p.dtype for p in kept.parameters()} == {dtype}
     assert torch.equal(kept.state_dict()["conv_in.weight"].float(), stored["conv_in.weight"].float())
