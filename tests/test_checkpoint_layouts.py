@@ -47,11 +47,14 @@ def test_fixture_inferred_config_equals_published_diffusers_config(fixture_dir):
     assert next(model.parameters()).dtype == torch.float16  # stored dtype kept without torch_dtype
 
 
-def test_fixture_with_explicit_config_file(fixture_dir, tmp_path):
+@pytest.mark.parametrize("where", ["file", "pipeline-root", "dict"])
+def test_fixture_with_explicit_config(fixture_dir, tmp_path, where):
     cfg = json.loads((fixture_dir / "tiny_ms.json").read_text())["diffusers_config"]
-    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "UNet3DConditionModel", **cfg}))
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet3DConditionModel", **cfg}))
+    config = {"file": tmp_path / "unet" / "config.json", "pipeline-root": tmp_path, "dict": cfg}[where]
     model = UNet3DConditionModel.from_single_file(fixture_dir / "tiny_ms_text2video_pytorch_model.pth",
-                                                  config=tmp_path / "config.json", torch_dtype=torch.float32)
+                                                  config=config, torch_dtype=torch.float32)
     assert _fixture_error(model, fixture_dir) < 2e-4
 
 

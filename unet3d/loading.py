@@ -196,8 +196,9 @@ def _explicit_config(config: Union[Mapping[str, Any], PathLike]) -> Tuple[Dict[s
     if isinstance(config, Mapping):
         return dict(config), "the given config"
     path = Path(config)
-    if path.is_dir():
-        path = path / CONFIG_NAME
+    if path.is_dir():  # a model folder, or a pipeline root whose unet/ holds the config
+        nested = path / "unet" / CONFIG_NAME
+        path = nested if not (path / CONFIG_NAME).exists() and nested.exists() else path / CONFIG_NAME
     if not path.is_file():
         raise CheckpointNotFoundError(f"Config not found: {path} does not exist.")
     raw = _read_json(path)
