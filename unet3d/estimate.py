@@ -1,0 +1,327 @@
+"""Memory of one UNet3D call, from the config and the latent size alone (no weights, no torch tensors).
+
+``estimate(config, workload, options)`` returns the bytes of the weights and the peak bytes of activations of the
+largest UNet call a sampling step makes. The formula follows what is alive when each layer runs (no-grad inference;
+a tensor is freed as soon as nothing refers to it):
+
+    peak = max over layers L of  E * ( held(L) + work(L) ) + inputs
+    held(L) = the encoder's skip tensors still on the stack at L (each up block holds its own skips until it ends)
+    work(L) = the layer's input plus its temporaries, per layer kind, in elements (P = rows*h*w pixels of the
+              level, C its width, I = heads*head_dim the transformer width):
+      ResNet (Cin->C)      P*(Cin + max(2*Cin, Cin + C, 3*C))     input, norm+SiLU pair, conv in/out, shortcut+sum
+      temporal conv        P*C*K_TCONV                            input, permuted norm copy, SiLU, Conv3d, sum
+      transformer          P*(C + 2*I) + max(attention, FF)       residual, hidden state, its norm
+        attention          P*I*(5 + 4 if sliced) + scores         q, k, v, merged output, projection (+ the
+                                                                  per-head copies the sliced path makes)
+        scores             2 * rows_per_step * q_len * kv_len     only where attention materialises its score
+                                                                  matrix (plain matmul-softmax): the scaled
+                                                                  scores and the softmax; rows_per_step is
+                                                                  batch*heads, or the slice size when sliced.
+                                                                  Fused kernels (torch SDPA on CPU and CUDA,
+                                                                  xformers) keep O(q_len) per row: not counted.
+        feed-forward         P*I*16 / pieces + 2*P*I if chunked   GEGLU projection (8I), gelu(gate) (4I) and
+                                                                  value*gate (4I); chunking divides the 16I by
+                                                                  the piece count and adds the outputs + cat
+      up/downsampler       input + interpolated + output
+    E = bytes per activation element (compute dtype; fp8 weights compute in fp16).
+    inputs = the per-frame text context (rows x tokens x context width) and the latent in/out.
+
+The temporal transformer is the same block on (videos*h*w) sequences of F frames: its FF costs as much as the
+spatial one's, its scores are F x F. ``transformer_in`` (8 heads x head size, wider than level 0 in the published
+config) usually holds the largest GEGLU intermediate. With frame batching (context_length / max_batch_rows) the
+rows of one call are those of the largest call ``unet3d.frame_batching.plan_calls`` makes.
+
+Weights: parameter count (exact, from the architecture) x bytes of the storage dtype. K_TCONV and the other
+counts were checked against RSS peaks on CPU (``benchmarks/estimate.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Tuple
+
+from . import config as cfgmod
+from .frame_batching import frame_layout, plan_calls
+from .options import slice_size_for, validate_chunking, validate_slice_value
+from .windows import DEFAULT_CONTEXT_OVERLAP, WindowSettings
+
+DTYPE_BYTES = {"fp32": 4, "float32": 4, "fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2,
+               "fp8_e4m3fn": 1, "fp8_e5m2": 1}
+K_TCONV = 4            # temporal conv working set, in multiples of its input (see docstring)
+ATTENTION_PATHS = ("fused", "materialized")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One sampling step: ``videos`` videos of ``frames`` latent frames of ``height`` x ``width`` latent pixels,
+    ``cond_chunks`` conditionings batched together (2 with cfg != 1, else 1), ``tokens`` text tokens."""
+    frames: int
+    height: int
+    width: int
+    videos: int = 1
+    cond_chunks: int = 2
+    tokens: int = 77
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    weight_dtype: str = "fp16"
+    compute_dtype: Optional[str] = None          # None: the weight dtype (fp16 for fp8 weights)
+    attention: str = "fused"                     # "fused" (SDPA/xformers) | "materialized" (matmul-softmax)
+    attention_slice: Any = None                  # None | "auto" | "max" | int
+    ff_chunk: Optional[Tuple[int, int]] = None   # (chunk_size, dim) as enable_forward_chunking
+    context_length: int = 0                      # frame window length; 0 = no windows
+    context_overlap: int = DEFAULT_CONTEXT_OVERLAP
+    context_stride: int = 1
+    closed_loop: bool = False
+    max_batch_rows: int = 0                      # 0 = no cap
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weight_bytes: int
+    activation_bytes: int
+    peak_at: str                    # the layer where the activation peak happens
+    call_videos: int                # videos (all cond chunks) in the largest UNet call
+    call_frames: int                # frames per video in that call
+    calls_per_step: int
+    parameters: int
+    details: dict = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weight_bytes + self.activation_bytes
+
+
+def dtype_bytes(name: str) -> int:
+    if name not in DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPE_BYTES)}")
+    return DTYPE_BYTES[name]
+
+
+# ------------------------------------------------------------------------------------------------ parameters
+def _linear(i: int, o: int, bias: bool = True) -> int:
+    return i * o + (o if bias else 0)
+
+
+def _transformer_params(heads: int, head_dim: int, channels: int, kv_dim: Optional[int]) -> int:
+    inner = heads * head_dim
+    kv = kv_dim or inner
+    attn1 = 3 * inner * inner + _linear(inner, inner)
+    attn2 = inner * inner + 2 * kv * inner + _linear(inner, inner)
+    ff = _linear(inner, 8 * inner) + _linear(4 * inner, inner)
+    return 2 * channels + _linear(channels, inner) + 6 * inner + attn1 + attn2 + ff + _linear(inner, channels)
+
+
+def _resnet_params(cin: int, cout: int, temb: int) -> int:
+    shortcut = _linear(cin, cout) if cin != cout else 0
+    return 2 * cin + cin * cout * 9 + cout + _linear(temb, cout) + 2 * cout + cout * cout * 9 + cout + shortcut
+
+
+def _tconv_params(c: int) -> int:
+    return 4 * (2 * c + c * c * 3 + c)
+
+
+def count_parameters(config: Mapping[str, Any]) -> int:
+    """Exact parameter count of ``UNet3DConditionModel(**config)``."""
+    cfg = cfgmod.normalize(**{k: v for k, v in config.items() if k in cfgmod.DEFAULTS})
+    widths, layers = cfg["block_out_channels"], cfg["layers_per_block"]
+    c0, temb, cross = widths[0], widths[0] * 4, cfg["cross_attention_dim"]
+    geometry = cfgmod.level_attention_geometry(cfg)
+    total = cfg["in_channels"] * c0 * 9 + c0 + _linear(c0, temb) + _linear(temb, temb)
+    if cfg["time_cond_proj_dim"]:
+        total += cfg["time_cond_proj_dim"] * c0
+    total += _transformer_params(*cfgmod.transformer_in_geometry(cfg), c0, None)
+
+    def layer(cin, c, level, attention):
+        n = _resnet_params(cin, c, temb) + _tconv_params(c)
+        if attention:
+            heads, dim = geometry[level]
+            n += _transformer_params(heads, dim, c, cross) + _transformer_params(heads, dim, c, None)
+        return n
+    for i, kind in enumerate(cfg["down_block_types"]):
+        cin = widths[i - 1] if i else c0
+        for j in range(layers):
+            total += layer(cin if j == 0 else widths[i], widths[i], i, kind.startswith("CrossAttn"))
+        if i < len(widths) - 1:
+            total += widths[i] * widths[i] * 9 + widths[i]
+    c = widths[-1]
+    total += 2 * (_resnet_params(c, c, temb) + _tconv_params(c))
+    total += _transformer_params(*geometry[-1], c, cross) + _transformer_params(*geometry[-1], c, None)
+    rev = list(reversed(widths))
+    for i, kind in enumerate(cfg["up_block_types"]):
+        prev, out, skip_in = (rev[i - 1] if i else rev[0]), rev[i], rev[min(i + 1, len(widths) - 1)]
+        for j in range(layers + 1):
+            cin = (prev if j == 0 else out) + (skip_in if j == layers else out)
+            total += layer(cin, out, len(widths) - 1 - i, kind.startswith("CrossAttn"))
+        if i < len(widths) - 1:
+            total += out * out * 9 + out
+    if cfg["norm_num_groups"] is not None:
+        total += 2 * c0
+    return total + c0 * cfg["out_channels"] * 9 + cfg["out_channels"]
+
+
+# ------------------------------------------------------------------------------------------------ activations
+class _Peak:
+    def __init__(self):
+        self.value, self.at = 0, ""
+
+    def see(self, elements: float, where: str) -> None:
+        if elements > self.value:
+            self.value, self.at = elements, where
+
+
+def _attention_work(rows: int, seq: int, kv: int, heads: int, inner: int, opts: MemoryOptions,
+                    cross: bool) -> float:
+    """Elements alive inside one attention call beyond the block's hidden state and its norm."""
+    sliced = opts.attention_slice is not None
+    size = rows * seq * inner
+    kv_size = rows * kv * inner if cross else size
+    work = size * 3 + 2 * kv_size + (4 * size if sliced else 0)   # q, out, merged, k, v (+ per-head copies)
+    if opts.attention == "materialized":
+        step_rows = slice_size_for(opts.attention_slice, heads) if sliced else rows * heads
+        work += 2 * step_rows * seq * kv
+    return work
+
+
+def _ff_work(rows: int, seq: int, inner: int, chunk: Optional[Tuple[int, int]]) -> float:
+    size = rows * seq * inner
+    if chunk is None:
+        return 16 * size
+    chunk_size, dim = chunk
+    pieces = max((rows if dim == 0 else seq) // chunk_size, 1)
+    return 16 * size / pieces + 2 * size
+
+
+def _transformer_work(rows: int, seq: int, channels: int, heads: int, head_dim: int, kv_tokens: int,
+                      opts: MemoryOptions) -> float:
+    """Spatial (rows = frames, seq = h*w) or temporal (rows = videos*h*w, seq = frames) transformer."""
+    inner = heads * head_dim
+    base = rows * seq * (channels + 2 * inner)
+    cross = kv_tokens > 0
+    attn1 = _attention_work(rows, seq, seq, heads, inner, opts, False)
+    attn2 = _attention_work(rows, seq, kv_tokens if cross else seq, heads, inner, opts, cross)
+    return base + max(attn1, attn2, _ff_work(rows, seq, inner, opts.ff_chunk))
+
+
+def _resnet_work(pixels: int, cin: int, cout: int) -> float:
+    return pixels * (cin + max(2 * cin, cin + cout, 3 * cout))
+
+
+def activation_peak(config: Mapping[str, Any], videos: int, frames: int, height: int, width: int, tokens: int,
+                    opts: MemoryOptions) -> Tuple[float, str]:
+    """(peak elements, where) of one call on ``videos`` videos (all cond chunks) of ``frames`` frames."""
+    cfg = cfgmod.normalize(**{k: v for k, v in config.items() if k in cfgmod.DEFAULTS})
+    widths, layers = cfg["block_out_channels"], cfg["layers_per_block"]
+    geometry = cfgmod.level_attention_geometry(cfg)
+    rows = videos * frames
+    sizes = [(height, width)]
+    for _ in widths[1:]:
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    area = [h * w for h, w in sizes]
+    peak = _Peak()
+    kv = tokens if any(t.startswith("CrossAttn") for t in cfg["down_block_types"]) else 0
+
+    def layer(held, level, cin, c, attention, where):
+        """A resnet/tconv/transformers layer whose input (cin wide) is *not* in ``held``."""
+        p = rows * area[level]
+        peak.see(held + _resnet_work(p, cin, c), f"{where} resnet")
+        peak.see(held + p * c * K_TCONV, f"{where} temporal conv")
+        if attention:
+            heads, dim = geometry[level]
+            peak.see(held + _transformer_work(rows, area[level], c, heads, dim, kv, opts), f"{where} attention")
+            peak.see(held + _transformer_work(videos * area[level], frames, c, heads, dim, 0, opts),
+                     f"{where} temporal attention")
+
+    c0 = widths[0]
+    p0 = rows * area[0]
+    peak.see(p0 * (cfg["in_channels"] + c0), "conv_in")
+    tin_heads, tin_dim = cfgmod.transformer_in_geometry(cfg)
+    peak.see(_transformer_work(videos * area[0], frames, c0, tin_heads, tin_dim, 0, opts), "transformer_in")
+    skips = [p0 * c0]
+    for i, kind in enumerate(cfg["down_block_types"]):
+        for j in range(layers):
+            cin = (widths[i - 1] if i else c0) if j == 0 else widths[i]
+            held = sum(skips) - skips[-1]     # the layer input is the last skip
+            layer(held, i, cin, widths[i], kind.startswith("CrossAttn"), f"down_blocks.{i}.{j}")
+            skips.append(rows * area[i] * widths[i])
+        if i < len(widths) - 1:
+            out = rows * area[i + 1] * widths[i]
+            peak.see(sum(skips) + out, f"down_blocks.{i} downsampler")
+            skips.append(out)
+    last = len(widths) - 1
+    c = widths[-1]
+    held = sum(skips) - skips[-1]
+    layer(held, last, c, c, False, "mid_block.0")
+    layer(held, last, c, c, True, "mid_block.1")
+    rev = list(reversed(widths))
+    h_width = c
+    for i, kind in enumerate(cfg["up_block_types"]):
+        level = last - i
+        out = rev[i]
+        block_skips = skips[-(layers + 1):]
+        skips = skips[:-(layers + 1)]
+        held_all = sum(skips) + sum(block_skips)
+        p = rows * area[level]
+        for j in range(layers + 1):
+            skip_width = block_skips[-1 - j] // p
+            peak.see(held_all + p * (2 * h_width + skip_width), f"up_blocks.{i}.{j} concat")
+            layer(held_all, level, h_width + skip_width, out, kind.startswith("CrossAttn"), f"up_blocks.{i}.{j}")
+            h_width = out
+        if i < len(widths) - 1:
+            big = rows * area[level - 1] * out
+            peak.see(sum(skips) + 2 * p * out + 2 * big, f"up_blocks.{i} upsampler")
+    peak.see(p0 * c0 * 3, "conv_norm_out")
+    return peak.value, peak.at
+
+
+# ------------------------------------------------------------------------------------------------ the call
+def largest_call(workload: Workload, opts: MemoryOptions) -> Tuple[int, int, int]:
+    """(videos in the largest call (all chunks), frames per video in it, calls per sampling step)."""
+    videos, frames = workload.videos, workload.frames
+    length = opts.context_length or frames
+    if length >= frames and not opts.max_batch_rows:
+        return videos * workload.cond_chunks, frames, 1
+    overlap = min(opts.context_overlap, max(length - 1, 0))
+    windows = WindowSettings(min(length, frames), overlap if length < frames else 0, opts.context_stride,
+                             opts.closed_loop).windows(frames)
+    layout = frame_layout(workload.cond_chunks * videos * frames, workload.cond_chunks, frames if videos > 1 else None)
+    calls = plan_calls(layout, windows, opts.max_batch_rows)
+    biggest = max(calls, key=lambda call: len(call.videos) * call.frames)
+    return len(biggest.videos), biggest.frames, len(calls)
+
+
+def validate(workload: Workload, opts: MemoryOptions) -> None:
+    for name in ("frames", "height", "width", "videos", "cond_chunks"):
+        value = getattr(workload, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"workload `{name}` must be a positive integer, got {value!r}")
+    if opts.attention not in ATTENTION_PATHS:
+        raise ValueError(f"attention must be one of {ATTENTION_PATHS}, got {opts.attention!r}")
+    if opts.attention_slice is not None:
+        validate_slice_value(opts.attention_slice)
+    if opts.ff_chunk is not None:
+        validate_chunking(*opts.ff_chunk)
+    dtype_bytes(opts.weight_dtype)
+    if opts.compute_dtype:
+        dtype_bytes(opts.compute_dtype)
+
+
+def estimate(config: Mapping[str, Any], workload: Workload, opts: MemoryOptions = MemoryOptions(),
+             parameters: Optional[int] = None) -> MemoryEstimate:
+    """Weights and peak activation bytes of the largest UNet call of one sampling step (see the module docstring).
+
+    ``parameters``: the count when already known (e.g. summed from a checkpoint header), else computed."""
+    validate(workload, opts)
+    params = count_parameters(config) if parameters is None else parameters
+    weight_bytes = params * dtype_bytes(opts.weight_dtype)
+    compute = opts.compute_dtype or ("fp16" if dtype_bytes(opts.weight_dtype) == 1 else opts.weight_dtype)
+    e = dtype_bytes(compute)
+    videos, frames, calls = largest_call(workload, opts)
+    elements, where = activation_peak(config, videos, frames, workload.height, workload.width, workload.tokens, opts)
+    rows = videos * frames
+    cross = config.get("cross_attention_dim", 1024) or 0
+    inputs = rows * workload.tokens * cross + 3 * rows * config.get("in_channels", 4) * workload.height * workload.width
+    return MemoryEstimate(weight_bytes=int(weight_bytes), activation_bytes=int((elements + inputs) * e),
+                          peak_at=where, call_videos=videos, call_frames=frames, calls_per_step=calls,
+                          parameters=params, details={"compute_dtype": compute, "bytes_per_element": e})
