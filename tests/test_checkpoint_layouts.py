@@ -210,6 +210,19 @@ def test_weights_are_assigned_not_copied(tmp_path, monkeypatch):
     assert all(params[k].data_ptr() == read[k].data_ptr() for k in read)
 
 
+def test_editing_a_memory_mapped_model_never_writes_the_file(tmp_path):
+    """Zip .pth files are memory-mapped copy-on-write: in-place edits (LoRA merges) must not reach the user's file."""
+    path = tmp_path / "u.pth"
+    torch.save(reference("odd")[1].state_dict(), path)
+    before = path.read_bytes()
+    model = UNet3DConditionModel.from_single_file(path)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    del model
+    assert path.read_bytes() == before
+
+
 def test_helpers_reject_unknown_layout():
     sd, prefix = strip_prefix({"first_stage_model.x": torch.zeros(1)})
     assert prefix is None and list(sd) == ["first_stage_model.x"]
