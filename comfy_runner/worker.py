@@ -77,6 +77,9 @@ class Host:
         comfy.options.enable_args_parsing()
         import comfy.cli_args  # noqa: F401  (parses sys.argv now, before model_management decides the device)
         import folder_paths
+        if os.path.isfile(os.path.join(root, "utils", "__init__.py")):
+            import utils.extra_config  # noqa: F401  as main.py does: before nodes.py puts comfy/ (with its own
+            #                            utils.py) first on sys.path
         import nodes
         import execution
         import comfy.utils
