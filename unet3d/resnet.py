@@ -70,7 +70,7 @@ class TemporalConvLayer(nn.Module):
 
     def forward(self, x, num_frames: int):
         n, c, h, w = x.shape
-        x = x.view(n // num_frames, num_frames, c, h, w).permute(0, 2, 1, 3, 4)
+        x = x.reshape(n // num_frames, num_frames, c, h, w).permute(0, 2, 1, 3, 4)
         identity = x
         x = self.conv4(self.conv3(self.conv2(self.conv1(x))))
         x = identity + x

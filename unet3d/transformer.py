@@ -85,8 +85,8 @@ class BasicTransformerBlock(nn.Module):
         return h + x
 
 
-class Transformer2DModel(nn.Module):
-    """Spatial transformer on folded frames ``(B*F, C, H, W)``, cross-attending to the text context."""
+class _ProjectedTransformer(nn.Module):
+    """GroupNorm -> Linear proj_in -> one BasicTransformerBlock -> Linear proj_out (diffusers' names)."""
 
     def __init__(self, heads: int, dim_head: int, in_channels: int, groups: int, cross_attention_dim: Optional[int],
                  *, operations, dtype=None, device=None):
@@ -98,6 +98,10 @@ class Transformer2DModel(nn.Module):
         self.transformer_blocks = nn.ModuleList([
             BasicTransformerBlock(inner, heads, dim_head, cross_attention_dim, operations=operations, **factory)])
         self.proj_out = operations.Linear(inner, in_channels, **factory)
+
+
+class Transformer2DModel(_ProjectedTransformer):
+    """Spatial transformer on folded frames ``(B*F, C, H, W)``, cross-attending to the text context."""
 
     def forward(self, x, context, attention_mask=None, call_options: CallOptions = NO_OPTIONS,
                 cross_attention_kwargs=None):
@@ -111,31 +115,25 @@ class Transformer2DModel(nn.Module):
         return x.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous() + residual
 
 
-class TransformerTemporalModel(nn.Module):
+class TransformerTemporalModel(_ProjectedTransformer):
     """Temporal transformer: every spatial location of a clip is a sequence of F frames (self-attention only)."""
 
     def __init__(self, heads: int, dim_head: int, in_channels: int, groups: int,
                  *, operations, dtype=None, device=None):
-        super().__init__()
-        inner = heads * dim_head
-        factory = {"dtype": dtype, "device": device}
-        self.norm = operations.GroupNorm(groups, in_channels, eps=1e-6, affine=True, **factory)
-        self.proj_in = operations.Linear(in_channels, inner, **factory)
-        # diffusers builds attn2 as a second self-attention here (double_self_attention).
-        self.transformer_blocks = nn.ModuleList([
-            BasicTransformerBlock(inner, heads, dim_head, None, operations=operations, **factory)])
-        self.proj_out = operations.Linear(inner, in_channels, **factory)
+        # No cross-attention width: diffusers builds attn2 as a second self-attention here (double_self_attention).
+        super().__init__(heads, dim_head, in_channels, groups, None, operations=operations, dtype=dtype,
+                         device=device)
 
     def forward(self, x, num_frames: int, call_options: CallOptions = NO_OPTIONS, cross_attention_kwargs=None):
         n, c, h, w = x.shape
         b = n // num_frames
         residual = x
-        x = x.view(b, num_frames, c, h, w).permute(0, 2, 1, 3, 4)  # (B, C, F, H, W): norm statistics span frames
+        x = x.reshape(b, num_frames, c, h, w).permute(0, 2, 1, 3, 4)  # (B, C, F, H, W): norm statistics span frames
         x = self.norm(x)
         x = x.permute(0, 3, 4, 2, 1).reshape(b * h * w, num_frames, c)
         x = self.proj_in(x)
         for block in self.transformer_blocks:
             x = block(x, None, None, call_options, cross_attention_kwargs)
         x = self.proj_out(x)
-        x = x.view(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2).reshape(n, c, h, w)
+        x = x.reshape(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2).reshape(n, c, h, w)
         return x + residual
