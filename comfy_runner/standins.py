@@ -143,3 +143,53 @@ def _refresh_cache(fp):
     cache = getattr(fp, "filename_list_cache", None)
     if isinstance(cache, dict):
         cache.clear()
+
+
+LOADER_INPUTS = {"UNet3DLoader": ("unet_name", "unet"), "CLIPLoader": ("clip_name", "clip"),
+                 "VAELoader": ("vae_name", "vae")}
+QUICK = {"max_side": 256, "frames": 8, "steps": 4}
+
+
+def substitute(host, prompt, cache_dir, quick=True):
+    """Point loaders whose file is missing at the stand-ins (created on demand); with ``quick``, shrink the latent
+    size, frame count and steps of a graph that now runs on random weights. Returns (prompt, notes)."""
+    classes = host.nodes.NODE_CLASS_MAPPINGS
+    missing = []
+    for node_id, node in prompt.items():
+        spec = LOADER_INPUTS.get(node["class_type"])
+        if not spec or node["class_type"] not in classes:
+            continue
+        name, kind = spec
+        choices = classes[node["class_type"]].INPUT_TYPES()["required"][name][0]
+        if node["inputs"].get(name) not in choices:
+            missing.append((node_id, name, kind, node["inputs"].get(name)))
+    if not missing:
+        return prompt, []
+    made = provision(host, cache_dir)
+    notes = []
+    for node_id, name, kind, wanted in missing:
+        folders = host.folder_paths.get_folder_paths(kind)
+        prompt[node_id]["inputs"][name] = made[kind]
+        notes.append(f"{kind} {wanted!r} not found in {folders}: using the RANDOM stand-in {made[kind]!r}. Put the "
+                     f"real file in {folders[0]} to get a real video.")
+    if quick:
+        notes += _shrink(prompt)
+    return prompt, notes
+
+
+def _shrink(prompt):
+    notes = []
+    for node_id, node in prompt.items():
+        inputs = node["inputs"]
+        if node["class_type"] in ("UNet3DEmptyLatentVideo", "EmptyLatentImage"):
+            w, h = inputs.get("width", 512), inputs.get("height", 512)
+            scale = min(1.0, QUICK["max_side"] / max(w, h))
+            inputs["width"], inputs["height"] = max(64, int(w * scale) // 64 * 64), max(64, int(h * scale) // 64 * 64)
+            if "frames" in inputs:
+                inputs["frames"] = min(inputs["frames"], QUICK["frames"])
+            notes.append(f"node {node_id}: latent reduced to {inputs['width']}x{inputs['height']}"
+                         f"{', %d frames' % inputs['frames'] if 'frames' in inputs else ''} for the random-weight run")
+        if isinstance(inputs.get("steps"), int) and inputs["steps"] > QUICK["steps"]:
+            inputs["steps"] = QUICK["steps"]
+            notes.append(f"node {node_id}: steps reduced to {QUICK['steps']} for the random-weight run")
+    return notes

@@ -72,6 +72,8 @@ class Host:
         if not any(f in flags for f in ("--cpu", "--gpu-only", "--highvram", "--normalvram")) and \
                 not torch.cuda.is_available():
             flags.append("--cpu")
+            if not any(f in flags for f in ("--fp16-text-enc", "--fp32-text-enc", "--fp8_e4m3fn-text-enc")):
+                flags.append("--fp32-text-enc")  # ComfyUI's CPU default (fp16) is several times slower on CPU
         sys.argv = [sys.argv[0]] + flags
         import comfy.options
         comfy.options.enable_args_parsing()
@@ -179,6 +181,15 @@ class Host:
     def provision_standins(self, **kwargs):
         return self.standins.provision(self, **kwargs)
 
+    def prepare(self, workflow, sets=(), cache_dir=None, standins=True, quick=True, **_):
+        """UI or API workflow -> API prompt with --set values applied and, if asked, stand-ins for missing models."""
+        prompt = self.workflow.ui_to_api(workflow, self.nodes.NODE_CLASS_MAPPINGS)
+        self.workflow.apply_sets(prompt, list(sets))
+        notes = []
+        if standins:
+            prompt, notes = self.standins.substitute(self, prompt, cache_dir, quick=quick)
+        return {"prompt": prompt, "notes": notes}
+
 
 def _tensors(raw):
     """Raw node outputs -> nested lists/dicts of CPU tensors (LATENT dicts keep their keys)."""
@@ -230,7 +241,8 @@ def main():
             break
         try:
             handler = {"run": host.run, "convert": host.convert, "call": host.call,
-                       "object_info": host.object_info, "standins": host.provision_standins}[cmd]
+                       "object_info": host.object_info, "standins": host.provision_standins,
+                       "prepare": host.prepare}[cmd]
             result = handler(**request)
             result.setdefault("ok", True)
             answer(result)
