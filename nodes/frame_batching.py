@@ -8,7 +8,7 @@ decides which rows of the ``(k*F, C, h, w)`` batch reach ``apply_model`` togethe
 """
 from __future__ import annotations
 
-from ..unet3d.frame_batching import FrameCall, fuse_calls, frame_layout, plan_calls
+from ..unet3d.frame_batching import FrameCall, frame_layout, fuse_calls, plan_calls
 from ..unet3d.windows import DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, FUSE_METHODS, WindowSettings
 
 MAX_FRAMES = 4096

@@ -5,8 +5,7 @@ import torch
 
 import unet3d
 from parity_helpers import TINY, randomize_
-from unet3d.frame_batching import (FrameLayout, folded_model_apply, frame_layout, plan_calls,
-                                   run_frame_batches)
+from unet3d.frame_batching import FrameLayout, folded_model_apply, frame_layout, plan_calls, run_frame_batches
 from unet3d.windows import WindowSettings
 
 
@@ -46,7 +45,7 @@ def test_one_window_is_one_identical_call(model):
         return apply(*args)
     with torch.no_grad():
         direct = apply(x, t, context, [1, 0])
-        batched = run_frame_batches(recording, x, t, context, [1, 0], WindowSettings(context_length=8, context_overlap=2))
+        batched = run_frame_batches(recording, x, t, context, [1, 0], WindowSettings(8, 2))
         longer = run_frame_batches(apply, x, t, context, [1, 0], WindowSettings(24, 8, 4, True, "flat"), 16)
     assert len(seen) == 1 and seen[0][0] is x and seen[0][1] is t and seen[0][2] is context
     assert torch.equal(batched, direct)
