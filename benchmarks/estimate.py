@@ -30,13 +30,14 @@ TOLERANCE = 0.25
 # name -> (config, frames, latent h, latent w, options for unet3d.estimate.MemoryOptions / the call)
 CPU_ROWS = {
     "quarter 16f 40x72": (QUARTER, 16, 40, 72, {}),
-    "quarter 16f 40x72 ff_chunk 1/seq": (QUARTER, 16, 40, 72, {"ff_chunk": (1, 1)}),
+    "quarter 16f 32x32": (QUARTER, 16, 32, 32, {}),
+    "quarter 16f 32x32 ff_chunk 4/seq": (QUARTER, 16, 32, 32, {"ff_chunk": (4, 1)}),
     "quarter 16f 40x72 slice max": (QUARTER, 16, 40, 72, {"attention_slice": "max"}),
     "quarter 16f 24x40 matmul attention": (QUARTER, 16, 24, 40, {"attention": "materialized"}),
     "quarter 16f 24x40 matmul + slice auto": (QUARTER, 16, 24, 40, {"attention": "materialized",
                                                                     "attention_slice": "auto"}),
     "quarter 48f 40x72 windows 16 cap 16 rows": (QUARTER, 48, 40, 72, {"context_length": 16, "max_batch_rows": 16}),
-    "quarter 24f 40x72 all three": (QUARTER, 24, 40, 72, {"ff_chunk": (1, 1), "attention_slice": "auto",
+    "quarter 24f 32x32 all three": (QUARTER, 24, 32, 32, {"ff_chunk": (4, 1), "attention_slice": "auto",
                                                           "context_length": 16, "max_batch_rows": 16}),
 }
 GPU_ROWS = {
@@ -95,7 +96,7 @@ def measure_row(name: str, device: str) -> dict:
         return (torch.randn(2, 4, f, hh, ww, device=device, dtype=dtype), torch.tensor([500], device=device),
                 torch.randn(2, 77, cross, device=device, dtype=dtype))
     with torch.no_grad():
-        _call(model, *inputs(2, 16, 16), {k: v for k, v in options.items() if k not in ("context_length",)})
+        _call(model, *inputs(4, 16, 16), {k: v for k, v in options.items() if k not in ("context_length",)})
         args = inputs(frames, h, w)
         if device == "cpu":
             with RssPeak() as peak:

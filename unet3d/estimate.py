@@ -5,10 +5,12 @@ largest UNet call a sampling step makes. The formula follows what is alive when 
 a tensor is freed as soon as nothing refers to it):
 
     peak = max over layers L of  E * ( held(L) + work(L) ) + inputs
-    held(L) = the encoder's skip tensors still on the stack at L (each up block holds its own skips until it ends)
+    held(L) = the encoder's skip tensors still on the stack at L (each up block holds its own skips, and its input,
+              until it ends; within an up layer the concatenated input lives until the layer ends)
     work(L) = the layer's input plus its temporaries, per layer kind, in elements (P = rows*h*w pixels of the
               level, C its width, I = heads*head_dim the transformer width):
-      ResNet (Cin->C)      P*(Cin + max(2*Cin, Cin + C, 3*C))     input, norm+SiLU pair, conv in/out, shortcut+sum
+      ResNet (Cin->C)      P*(Cin + max(2*Cin, Cin + C, 3*C) + C) input, norm+SiLU pair, conv in/out, shortcut+sum,
+                                                                  and one output-sized convolution buffer
       temporal conv        P*C*K_TCONV                            input, permuted norm copy, SiLU, Conv3d, sum
       transformer          P*(C + 2*I) + max(attention, FF)       residual, hidden state, its norm
         attention          P*I*(5 + 4 if sliced) + scores         q, k, v, merged output, projection (+ the
@@ -19,10 +21,13 @@ a tensor is freed as soon as nothing refers to it):
                                                                   batch*heads, or the slice size when sliced.
                                                                   Fused kernels (torch SDPA on CPU and CUDA,
                                                                   xformers) keep O(q_len) per row: not counted.
-        feed-forward         P*I*16 / pieces + 2*P*I if chunked   GEGLU projection (8I), gelu(gate) (4I) and
-                                                                  value*gate (4I); chunking divides the 16I by
+        feed-forward         P*I*17 / pieces + 2*P*I if chunked   GEGLU projection (8I), gelu(gate) (4I),
+                                                                  value*gate (4I), a matmul buffer (I); chunking
+                                                                  divides the 17I by
                                                                   the piece count and adds the outputs + cat
-      up/downsampler       input + interpolated + output
+      upsampler            input (+ a contiguous copy when rows >= 64) + 3 x the upsampled size (interpolated,
+                                                                  convolution output and buffer)
+      downsampler          input + output
     E = bytes per activation element (compute dtype; fp8 weights compute in fp16).
     inputs = the per-frame text context (rows x tokens x context width) and the latent in/out.
 
@@ -46,7 +51,7 @@ from .windows import DEFAULT_CONTEXT_OVERLAP, WindowSettings
 
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2,
                "fp8_e4m3fn": 1, "fp8_e5m2": 1}
-K_TCONV = 4            # temporal conv working set, in multiples of its input (see docstring)
+K_TCONV = 5            # temporal conv working set, in multiples of its input (see docstring)
 ATTENTION_PATHS = ("fused", "materialized")
 
 
@@ -186,10 +191,10 @@ def _attention_work(rows: int, seq: int, kv: int, heads: int, inner: int, opts: 
 def _ff_work(rows: int, seq: int, inner: int, chunk: Optional[Tuple[int, int]]) -> float:
     size = rows * seq * inner
     if chunk is None:
-        return 16 * size
+        return 17 * size
     chunk_size, dim = chunk
     pieces = max((rows if dim == 0 else seq) // chunk_size, 1)
-    return 16 * size / pieces + 2 * size
+    return 17 * size / pieces + 2 * size
 
 
 def _transformer_work(rows: int, seq: int, channels: int, heads: int, head_dim: int, kv_tokens: int,
@@ -204,7 +209,7 @@ def _transformer_work(rows: int, seq: int, channels: int, heads: int, head_dim: 
 
 
 def _resnet_work(pixels: int, cin: int, cout: int) -> float:
-    return pixels * (cin + max(2 * cin, cin + cout, 3 * cout))
+    return pixels * (cin + max(2 * cin, cin + cout, 3 * cout) + cout)
 
 
 def activation_peak(config: Mapping[str, Any], videos: int, frames: int, height: int, width: int, tokens: int,
@@ -222,10 +227,12 @@ def activation_peak(config: Mapping[str, Any], videos: int, frames: int, height:
     peak = _Peak()
     kv = tokens if any(t.startswith("CrossAttn") for t in cfg["down_block_types"]) else 0
 
-    def layer(held, level, cin, c, attention, where):
-        """A resnet/tconv/transformers layer whose input (cin wide) is *not* in ``held``."""
+    def layer(held, level, cin, c, attention, where, input_held=0):
+        """A resnet/tconv/transformers layer whose input (cin wide) is *not* in ``held``; ``input_held``: the
+        layer input stays referenced by the caller while the rest of the layer runs (the up blocks' concat)."""
         p = rows * area[level]
         peak.see(held + _resnet_work(p, cin, c), f"{where} resnet")
+        held += input_held
         peak.see(held + p * c * K_TCONV, f"{where} temporal conv")
         if attention:
             heads, dim = geometry[level]
@@ -261,17 +268,21 @@ def activation_peak(config: Mapping[str, Any], videos: int, frames: int, height:
         out = rev[i]
         block_skips = skips[-(layers + 1):]
         skips = skips[:-(layers + 1)]
-        held_all = sum(skips) + sum(block_skips)
         p = rows * area[level]
+        held_all = sum(skips) + sum(block_skips) + p * h_width   # the caller holds the block input until it ends
         for j in range(layers + 1):
             skip_width = block_skips[-1 - j] // p
-            peak.see(held_all + p * (2 * h_width + skip_width), f"up_blocks.{i}.{j} concat")
-            layer(held_all, level, h_width + skip_width, out, kind.startswith("CrossAttn"), f"up_blocks.{i}.{j}")
+            previous = p * h_width if j else 0
+            cat = p * (h_width + skip_width)
+            peak.see(held_all + previous + cat, f"up_blocks.{i}.{j} concat")
+            layer(held_all, level, h_width + skip_width, out, kind.startswith("CrossAttn"), f"up_blocks.{i}.{j}",
+                  input_held=cat)
             h_width = out
         if i < len(widths) - 1:
             big = rows * area[level - 1] * out
-            peak.see(sum(skips) + 2 * p * out + 2 * big, f"up_blocks.{i} upsampler")
-    peak.see(p0 * c0 * 3, "conv_norm_out")
+            copy = p * out if rows >= 64 else 0
+            peak.see(sum(skips) + p * out + copy + 3 * big, f"up_blocks.{i} upsampler")
+    peak.see(sum(block_skips) + p0 * c0 * 3, "conv_norm_out")   # the last block's skips live to the end
     return peak.value, peak.at
 
 
