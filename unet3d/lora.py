@@ -28,7 +28,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -98,13 +98,13 @@ class ParsedLora:
 
 
 # ----------------------------------------------------------------------------------------------------- reading
-def read_lora(lora: Union[str, Path, Mapping[str, torch.Tensor]]) -> Tuple[Dict[str, torch.Tensor], str]:
-    """(tensor dict, name for messages) from a path (safetensors / weights-only pickle) or an in-memory dict."""
-    if isinstance(lora, Mapping):
-        obj, source = lora, "LoRA state dict"
-    else:
+def read_lora(lora, source: Optional[str] = None) -> Tuple[Dict[str, torch.Tensor], str]:
+    """(tensor dict, name for messages) from a path (safetensors / weights-only pickle) or an already loaded object."""
+    if isinstance(lora, (str, Path)):
         from .safe_io import read_weight_file
-        obj, source = read_weight_file(lora), str(lora)
+        obj, source = read_weight_file(lora), source or str(lora)
+    else:
+        obj, source = lora, source or "LoRA state dict"
     if isinstance(obj, (list, tuple)):
         raise LoraError(f"{source} holds a list of {len(obj)} unnamed tensors (cloneofsimo's '.pt' LoRA format), which "
                         f"cannot be mapped to layers without the trainer's model code. Save the LoRA with "
