@@ -78,8 +78,9 @@ class ComfyUNet3D(UNet3DConditionModel):
     def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options={},
                 num_video_frames=None, **kwargs):
         videos, frames = frames_layout(x.shape[0], transformer_options, num_video_frames)
-        if control is not None:
-            log.warning("UNet3D ignores ControlNet residuals (no UNet3D ControlNet exists)")
+        if control is not None and not getattr(self, "_warned_control", False):
+            self._warned_control = True
+            log.warning("UNet3D ignores ControlNet residuals (there is no UNet3D ControlNet)")
         sample = x.reshape(videos, frames, *x.shape[1:]).transpose(1, 2)       # (V, C, F, h, w)
         t = timesteps
         if torch.is_tensor(t) and t.ndim == 1 and t.shape[0] == x.shape[0]:
