@@ -13,7 +13,8 @@ from comfy_runner.host import cache_root
 
 pytestmark = pytest.mark.host
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO / "example_workflows").glob("*.json"))
+EXAMPLES = [REPO / "example_workflows" / name for name in
+            ("zeroscope_v2_576w_text_to_video.json", "modelscope_t2v_1.7b_text_to_video.json")]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
