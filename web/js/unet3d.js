@@ -5,9 +5,9 @@
 // chunking, frame batching), asks the server (POST /unet3d/estimate) and shows the answer as a small text widget
 // on the latent node and on every UNet3D node of its model chain. The latent node also shows the duration of its
 // frames at the node's "fps" property (default 8). The graph is re-read twice a second and only a changed request
-// is sent. Works with the March 2024 frontend and with comfyui-frontend-package (both serve scripts/app.js).
-import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+// is sent. Works with the March 2024 frontend and with comfyui-frontend-package (both serve /scripts/app.js; this file is served at /extensions/<pack>/js/).
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
 
 const OURS = new Set(["UNet3DLoader", "UNet3DEmptyLatentVideo", "UNet3DFrameBatching", "UNet3DFreeU",
   "UNet3DAttentionSlicing", "UNet3DForwardChunking"]);
