@@ -29,7 +29,7 @@ def loras(host):
 
 
 def _branch(prompt, tag, chain, seed):
-    """Add ``loader -> chain of (class, inputs) -> KSampler(seed) -> SaveLatent`` to ``prompt``; return the sampler id."""
+    """Add ``loader -> chain -> KSampler(seed) -> SaveLatent`` to ``prompt``; return the sampler id."""
     model = [graphs.LOADER, 0]
     for i, (cls, inputs) in enumerate(chain):
         node = f"{tag}p{i}"
@@ -59,18 +59,27 @@ def _rel(a, b):
 
 
 def test_slicing_and_chunking_equal_unpatched_for_every_setting(host):
-    prompt = host.prompt(seed=31, steps=2)
-    ids = {"none": graphs.SAMPLER}
+    # Slicing 'max' makes one attention call per (batch x head) row: a small latent and cfg 1 (one cond chunk).
+    # Chunking needs sizes its chunk divides at every level (16x8 latent: 2 tokens at the deepest level).
+    cases = {"slicing": (host.prompt(seed=31, steps=1, width=64, height=64, frames=4, cfg=1.0), []),
+             "chunking": (host.prompt(seed=31, steps=1, width=128, height=64, frames=4), [])}
     for i, size in enumerate(SLICES):
-        ids[f"slice {size}"] = _branch(prompt, f"a{i}", [("UNet3DAttentionSlicing", {"slice_size": size})], 31)
+        cases["slicing"][1].append(_branch(cases["slicing"][0], f"a{i}",
+                                           [("UNet3DAttentionSlicing", {"slice_size": size})], 31))
+    cases["slicing"][1].append(_branch(cases["slicing"][0], "b", [
+        ("UNet3DAttentionSlicing", {"slice_size": "max"}),
+        ("UNet3DForwardChunking", {"chunk_size": 1, "dim": "sequence"})], 31))
     for i, (chunk, dim) in enumerate(CHUNKS):
-        ids[f"chunk {chunk} {dim}"] = _branch(
-            prompt, f"c{i}", [("UNet3DForwardChunking", {"chunk_size": chunk, "dim": dim})], 31)
-    ids["both"] = _branch(prompt, "b", [("UNet3DAttentionSlicing", {"slice_size": "max"}),
-                                       ("UNet3DForwardChunking", {"chunk_size": 1, "dim": "sequence"})], 31)
-    out = _run(host, prompt, ids.values(), fresh=True)
-    base = out[graphs.SAMPLER]
-    errors = {name: _rel(out[node], base) for name, node in ids.items() if name != "none"}
+        cases["chunking"][1].append(_branch(cases["chunking"][0], f"c{i}",
+                                            [("UNet3DForwardChunking", {"chunk_size": chunk, "dim": dim})], 31))
+    errors = {}
+    for name, (prompt, ids) in cases.items():
+        out = _run(host, prompt, [graphs.SAMPLER, *ids])
+        for node in ids:
+            chain = [prompt[n]["inputs"] for n in sorted(prompt) if n.startswith(node[:-1] + "p")]
+            errors[f"{node} {[{k: v for k, v in c.items() if k != 'model'} for c in chain]}"] = _rel(
+                out[node], out[graphs.SAMPLER])
+    assert len(errors) == len(SLICES) + 1 + len(CHUNKS)
     assert all(err < 1e-5 for err in errors.values()), errors
 
 
@@ -85,7 +94,7 @@ def test_freeu_diffusers_mode_equals_diffusers_enable_freeu(host):
 
 def test_freeu_comfy_mode_equals_core_freeu_node(host):
     values = {"b1": 1.1, "b2": 1.2, "s1": 0.9, "s2": 0.2}
-    prompt = host.prompt(seed=32, steps=2)
+    prompt = host.prompt(seed=32, steps=1, frames=4)
     ours = _branch(prompt, "fc", [("UNet3DFreeU", {**values, "mode": "comfy"})], 32)
     core = _branch(prompt, "fk", [("FreeU", values)], 32)
     diff = _branch(prompt, "fd", [("UNet3DFreeU", {**values, "mode": "diffusers"})], 32)
@@ -119,7 +128,7 @@ def test_lora_weights_equal_merged_by_hand_and_unpatch_restores_exactly(host, lo
 
 
 def test_lora_strength_zero_sampling_equals_no_lora(host, loras):
-    prompt = host.prompt(seed=33, steps=2)
+    prompt = host.prompt(seed=33, steps=1, frames=4)
     zero = _branch(prompt, "l0", [("UNet3DLoraLoader", {"lora_name": LORA, "strength": 0.0})], 33)
     one = _branch(prompt, "l1", [("UNet3DLoraLoader", {"lora_name": LORA, "strength": 1.0})], 33)
     out = _run(host, prompt, [graphs.SAMPLER, zero, one])
@@ -128,27 +137,29 @@ def test_lora_strength_zero_sampling_equals_no_lora(host, loras):
 
 
 def test_all_patch_nodes_leave_the_unpatched_branch_and_later_prompts_untouched(host, loras):
-    reference = host.prompt(seed=41, steps=2)
+    small = {"steps": 1, "frames": 4, "width": 64, "height": 64}
+    reference = host.prompt(seed=41, **small)
     later_id = _branch(reference, "r", [], 42)
     want = _run(host, reference, [graphs.SAMPLER, later_id], fresh=True)   # never saw a patch
 
-    patched = host.prompt(seed=41, steps=2)
+    patched = host.prompt(seed=41, **small)
     chain = [("UNet3DLoraLoader", {"lora_name": LORA, "strength": 1.0}),
              ("UNet3DLoraLoader", {"lora_name": LORA_KOHYA, "strength": 0.5}),
              ("UNet3DFreeU", {"b1": 1.2, "b2": 1.4, "s1": 0.9, "s2": 0.2, "mode": "comfy"}),
-             ("UNet3DAttentionSlicing", {"slice_size": "max"}),
-             ("UNet3DForwardChunking", {"chunk_size": 1, "dim": "batch"})]
+             ("UNet3DAttentionSlicing", {"slice_size": "auto"}),
+             ("UNet3DForwardChunking", {"chunk_size": 2, "dim": "batch"})]
     patched_id = _branch(patched, "x", chain, 41)
     got = _run(host, patched, [graphs.SAMPLER, patched_id], fresh=True)
     assert _rel(got[patched_id], want[graphs.SAMPLER]) > 1e-3, "the patches must act"
     assert torch.equal(got[graphs.SAMPLER], want[graphs.SAMPLER]), "unpatched branch of the patched graph"
 
-    later = _run(host, host.prompt(seed=42, steps=2), [graphs.SAMPLER])      # same executor: cached MODEL
+    later = _run(host, host.prompt(seed=42, **small), [graphs.SAMPLER])      # same executor: cached MODEL
     assert torch.equal(later[graphs.SAMPLER], want[later_id]), "a later prompt after the patched graph"
 
 
 def test_bad_inputs_are_clear_errors(host):
     prompt = host.prompt(seed=34, steps=1)
+    del prompt[graphs.OUTPUT]  # only the bad branch is an output, so validation fails the whole prompt
     _branch(prompt, "e", [("UNet3DAttentionSlicing", {"slice_size": "half"})], 34)
     answer = host.proc.run(prompt, check=False)
-    assert not answer["ok"] and "slice_size 'half'" in str(answer), answer
+    assert not answer["ok"] and "slice_size 'half'" in str(answer["node_errors"]), answer
