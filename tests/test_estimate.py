@@ -146,3 +146,17 @@ def test_damaged_header_is_reported(tmp_path):
     bad.write_bytes(struct.pack("<Q", 10**12) + b"{}")
     with pytest.raises(CheckpointError, match="header length"):
         summarize_checkpoint(bad)
+
+
+def test_plan_names_the_cheapest_remedy_that_fits():
+    from unet3d.fit import plan
+
+    opts = MemoryOptions(weight_dtype="fp16")
+    est = estimate({}, ZEROSCOPE_576W, opts)
+    roomy = plan({}, ZEROSCOPE_576W, opts, est.total_bytes + 1)
+    assert roomy["fits"] and not roomy["suggestions"]
+    tight = plan({}, ZEROSCOPE_576W, opts, int(est.weight_bytes + 0.6 * est.activation_bytes))
+    assert tight["fits"] is False and tight["first_fit"].startswith("feed-forward chunking")
+    hopeless = plan({}, ZEROSCOPE_576W, opts, 10**8)
+    assert hopeless["first_fit"] is None and hopeless["suggestions"][-1]["label"].startswith("--lowvram")
+    assert plan({}, ZEROSCOPE_576W, opts, None)["fits"] is None
