@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -132,9 +133,13 @@ def wait_for_text(page, node_type, predicate, what, timeout=60):
 
 def test_estimate_shows_on_the_node_and_follows_the_frame_count(server):
     playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright==1.65.2")
-    direct = json.loads(urllib.request.urlopen(urllib.request.Request(
-        server["url"] + "/unet3d/estimate", data=json.dumps({"model": UNET_FILE, "frames": 24}).encode(),
-        headers={"Content-Type": "application/json"}), timeout=30).read())
+    request = urllib.request.Request(server["url"] + "/unet3d/estimate", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"model": UNET_FILE, "frames": 24}).encode())
+    try:
+        direct = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    except urllib.error.HTTPError as exc:
+        pytest.fail(f"POST /unet3d/estimate answered {exc.code}: the route is not registered (nodes/__init__.py must "
+                    f"call nodes.estimate_route.register() when the pack is imported); server log: {server['log']}")
     assert direct["ok"] and direct["parameters"] == 1_411_233_860 and direct["config_source"] == "safetensors header"
     workflow = json.loads(WORKFLOW.read_text())
     for node in workflow["nodes"]:
