@@ -7,7 +7,7 @@ as on a GPU ``max_memory_allocated`` counts live tensors and not the allocator's
 GPU (``--device cuda``): ``torch.cuda.max_memory_allocated`` growth during the call, fp16, for the Zeroscope 576w
 config (diffusers defaults) at 24 frames 576x320 (latent 40x72), cfg batch 2.
 
-    python benchmarks/estimate.py                 # CPU table (about 3 minutes on 2 cores)
+    python benchmarks/estimate.py                 # CPU table (10-20 minutes on 2 shared cores)
     python benchmarks/estimate.py --device cuda   # on a GPU machine
 
 Exit status 1 if a row is off by more than 25%.
@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import RssPeak, run_json, table  # noqa: E402
 
-QUARTER = dict(block_out_channels=(80, 160, 320, 320), attention_head_dim=16, norm_num_groups=16, cross_attention_dim=1024)
+QUARTER = dict(block_out_channels=(80, 160, 320, 320), attention_head_dim=16, norm_num_groups=16,
+               cross_attention_dim=1024)
 ZEROSCOPE = {}  # the diffusers defaults = ModelScope 1.7B / Zeroscope v2 576w / XL
 TOLERANCE = 0.25
 
@@ -127,7 +127,8 @@ def main(argv=None) -> int:
         return 0
     rows = CPU_ROWS if args.device == "cpu" else GPU_ROWS
     names = [n for n in args.rows.split(",") if n] or list(rows)
-    env = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0",
+           "PYTHONPATH": str(Path(__file__).parents[1])}
     results, worst = [], 0.0
     for name in names:
         r = run_json([__file__, "--device", args.device, "--threads", str(args.threads), "--worker", name], env=env)

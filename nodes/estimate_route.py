@@ -127,7 +127,8 @@ def summary_text(result: dict, free: int) -> str:
     if fix:
         steps = [s["label"] for s in result["suggestions"]]
         return f"≈ {gb(needed)} peak of {gb(free)} free — too big: switch on " + " + ".join(steps)
-    return f"≈ {gb(needed)} peak of {gb(free)} free — too big even with every memory option; use fewer frames or a smaller size"
+    return (f"≈ {gb(needed)} peak of {gb(free)} free — too big even with every memory option; use fewer frames "
+            f"or a smaller size")
 
 
 def estimate_response(body: Any) -> dict:

@@ -62,8 +62,9 @@ def write_header_only_unet(path: Path) -> None:
         sd = UNet3DConditionModel().state_dict()
     header, offset = {}, 0
     for name, tensor in sd.items():
-        header[name] = {"dtype": "F16", "shape": list(tensor.shape), "data_offsets": [offset, offset + 2 * tensor.numel()]}
-        offset += 2 * tensor.numel()
+        size = 2 * tensor.numel()
+        header[name] = {"dtype": "F16", "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
     blob = json.dumps(header).encode()
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
