@@ -23,3 +23,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "UNet3DForwardChunking": "UNet3D Feed-Forward Chunking",
     "UNet3DLoraLoader": "Load UNet3D LoRA",
 }
+
+# The memory-estimate route for the web extension; registered only when a PromptServer runs (no-op headless).
+from . import estimate_route as _estimate_route  # noqa: E402
+
+_estimate_route.register()
