@@ -137,3 +137,13 @@ def test_fp16_and_bf16_forward_run():
     for dtype in (torch.bfloat16,):
         low = _run(model.to(dtype), sample.to(dtype), 10, context.to(dtype))
         assert low.dtype == dtype and rel_err(low.float(), base) < 5e-2
+
+
+def test_mask_with_sliced_attention_equals_unsliced():
+    model = _model(attention_head_dim=4)
+    sample, context = inputs(2, 3)
+    mask = torch.tensor([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]])
+    base = _run(model, sample, 10, context, attention_mask=mask)
+    for size in ("max", 3):
+        options = {"unet3d": {"attention_slice": size}}
+        assert rel_err(_run(model, sample, 10, context, attention_mask=mask, transformer_options=options), base) < 1e-6

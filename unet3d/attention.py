@@ -45,16 +45,22 @@ def bmm_attention(q, k, v, heads: int, mask: Optional[torch.Tensor] = None) -> t
 
 
 def sliced_attention(q, k, v, heads: int, mask=None, slice_size: int = 1, core: Callable = sdpa_attention):
-    """Attention over ``slice_size`` (batch x head) rows at a time: the peak score matrix shrinks accordingly."""
-    b, n, _ = q.shape
-    qh, kh, vh = (_split_heads(t, heads).reshape(b * heads, t.shape[1], -1) for t in (q, k, v))
-    out = torch.empty_like(qh)
-    rows_mask = None if mask is None else mask.repeat_interleave(heads, dim=0)
-    for start in range(0, b * heads, slice_size):
-        end = min(start + slice_size, b * heads)
-        part_mask = None if rows_mask is None else rows_mask[start:end]
-        out[start:end] = core(qh[start:end], kh[start:end], vh[start:end], 1, part_mask)
-    return _merge_heads(out.view(b, heads, n, -1))
+    """Attention over at most ``slice_size`` (batch x head) rows at a time: the peak score matrix shrinks accordingly.
+
+    Each step takes a view of one video row's heads ``[h0, h1)`` (columns of the projected q/k/v), so nothing but
+    the step's own work is copied, and writes into the one output tensor.
+    """
+    b, n, inner = q.shape
+    d = inner // heads
+    out = torch.empty_like(q)
+    for row in range(b):
+        row_mask = None if mask is None else mask[row:row + 1]
+        for h0 in range(0, heads, slice_size):
+            h1 = min(h0 + slice_size, heads)
+            cols = slice(h0 * d, h1 * d)
+            out[row:row + 1, :, cols] = core(q[row:row + 1, :, cols], k[row:row + 1, :, cols],
+                                             v[row:row + 1, :, cols], h1 - h0, row_mask)
+    return out
 
 
 class AttnProcessor2_0:

@@ -180,7 +180,7 @@ def original_to_diffusers(sd: Mapping[str, torch.Tensor], source: str = "checkpo
     unknown: List[str] = []
     for key, tensor in sd.items():
         try:
-            new = _map_original_key(key, stride, levels)
+            new = map_original_key(key, stride, levels)
         except KeyError:
             unknown.append(key)
             continue
@@ -192,7 +192,7 @@ def original_to_diffusers(sd: Mapping[str, torch.Tensor], source: str = "checkpo
     return out
 
 
-def _map_original_key(key: str, stride: int, levels: int) -> str:
+def map_original_key(key: str, stride: int, levels: int) -> str:
     for old, new in (("time_embed.0.", "time_embedding.linear_1."), ("time_embed.2.", "time_embedding.linear_2."),
                      ("input_blocks.0.0.", "conv_in."), ("input_blocks.0.1.", "transformer_in."),
                      ("out.0.", "conv_norm_out."), ("out.2.", "conv_out.")):

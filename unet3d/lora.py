@@ -32,7 +32,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .layouts import _map_original_key, unwrap
+from .layouts import map_original_key, unwrap
 
 log = logging.getLogger("unet3d")
 
@@ -155,7 +155,7 @@ class _Resolver:
             return f"{module}.weight"
         if not underscored:
             try:
-                mapped = _map_original_key(f"{module}.weight", self.stride, self.levels)
+                mapped = map_original_key(f"{module}.weight", self.stride, self.levels)
             except (KeyError, ValueError):
                 mapped = None
             if mapped in self.keys:
