@@ -23,7 +23,7 @@ import logging
 import os
 from typing import Any, Dict, Optional, Tuple
 
-from ..unet3d.estimate import MemoryOptions, Workload
+from ..unet3d.estimate import MemoryOptions, Workload, dtype_name
 from ..unet3d.fit import plan
 from ..unet3d.header import CheckpointSummary, summarize_checkpoint
 
@@ -92,11 +92,6 @@ def model_summary(name: Optional[str], config: Optional[dict]) -> CheckpointSumm
     return _summaries[key]
 
 
-def _dtype_name(dtype) -> str:
-    return {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8_e4m3fn": "fp8_e4m3fn",
-            "float8_e5m2": "fp8_e5m2"}.get(str(dtype).replace("torch.", ""), "fp16")
-
-
 def host_dtypes(weight_dtype: str, parameters: int) -> Tuple[str, str]:
     """(storage, compute) dtype names as the loader and ComfyUI's model management would pick them."""
     import torch
@@ -107,7 +102,7 @@ def host_dtypes(weight_dtype: str, parameters: int) -> Tuple[str, str]:
         raise ValueError(f"`weight_dtype` {weight_dtype!r} is not one of {list(WEIGHT_DTYPES)}")
     dtype = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(model_params=parameters, supported_dtypes=supported)
     manual = mm.unet_manual_cast(dtype, mm.get_torch_device(), supported)
-    return _dtype_name(dtype), _dtype_name(manual or dtype)
+    return dtype_name(dtype), dtype_name(manual or dtype)
 
 
 def host_attention() -> str:

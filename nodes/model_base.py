@@ -25,6 +25,7 @@ import comfy.supported_models_base
 from comfy.ldm.modules.attention import optimized_attention
 
 from ..unet3d import UNet3DConditionModel
+from ..unet3d.estimate import MemoryOptions, Workload, dtype_name, estimate
 from . import latent as latent_registry
 
 log = logging.getLogger("unet3d")
@@ -108,18 +109,32 @@ class UNet3DBaseModel(comfy.model_base.BaseModel):
         return out
 
     def memory_required(self, input_shape, cond_shapes={}):
+        """Peak activation bytes of the largest UNet call (``unet3d.estimate``), for ComfyUI's decision to load
+        fully, partially (lowvram) or to split cond/uncond. ComfyUI passes the stacked rows of one step (cond and
+        uncond: 2 x frames). With UNet3D Frame Batching on the patcher (ComfyUI sets ``current_patcher`` from
+        0.3 on), the largest windowed call counts."""
+        rows, height, width = int(input_shape[0]), int(input_shape[-2]), int(input_shape[-1])
+        chunks = 2 if rows % 2 == 0 and rows > 1 else 1
+        context = (cond_shapes or {}).get("c_crossattn") or []
+        tokens = int(context[0][1]) if context and len(context[0]) > 2 else 77
+        weight_dtype = self.get_dtype()
+        options = {"weight_dtype": dtype_name(weight_dtype),
+                   "compute_dtype": dtype_name(self.manual_cast_dtype or weight_dtype)}
+        wrapper = (getattr(getattr(self, "current_patcher", None), "model_options", None) or {}).get(
+            "model_function_wrapper")
+        settings = getattr(wrapper, "settings", None)
+        if settings is not None and hasattr(wrapper, "max_batch_rows"):
+            options.update(context_length=settings.context_length, context_overlap=settings.context_overlap,
+                           context_stride=settings.context_stride, closed_loop=settings.closed_loop,
+                           max_batch_rows=wrapper.max_batch_rows)
+        workload = Workload(frames=rows // chunks, height=height, width=width, cond_chunks=chunks, tokens=tokens)
         try:
-            base = super().memory_required(input_shape, cond_shapes=cond_shapes)
-        except TypeError:  # March 2024: memory_required(input_shape)
-            base = super().memory_required(input_shape)
-        rows = input_shape[0]
-        area = 1
-        for s in input_shape[2:]:
-            area *= s
-        # Temporal attention at full latent resolution: (rows/F * area) sequences x heads x F^2 scores; F <= rows.
-        heads = 8
-        temporal = rows * area * heads * rows * 4 * 2
-        return base + temporal
+            return estimate(self.diffusion_model.config, workload, MemoryOptions(**options)).activation_bytes
+        except ValueError as err:  # e.g. windows longer than the video: fall back to no windows
+            log.debug("UNet3D memory estimate without frame batching (%s)", err)
+            for key in ("context_length", "max_batch_rows"):
+                options.pop(key, None)
+            return estimate(self.diffusion_model.config, workload, MemoryOptions(**options)).activation_bytes
 
 
 def build_model(unet_config: dict, weight_dtype, load_device, offload_device, manual_cast_dtype=None):

@@ -97,6 +97,12 @@ class MemoryEstimate:
         return self.weight_bytes + self.activation_bytes
 
 
+def dtype_name(dtype: Any) -> str:
+    """'fp16' etc. for a torch dtype (or its string); unknown dtypes count as fp16."""
+    return {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8_e4m3fn": "fp8_e4m3fn",
+            "float8_e5m2": "fp8_e5m2"}.get(str(dtype).replace("torch.", ""), "fp16")
+
+
 def dtype_bytes(name: str) -> int:
     if name not in DTYPE_BYTES:
         raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPE_BYTES)}")

@@ -147,3 +147,22 @@ def lowvram_equals_full(host, prompt):
     _run(host, _with_seed(prompt, seed + 1))                               # changes the input so the next prompt samples again
     full = _run(host, prompt)
     return {"max_abs": float((low - full).abs().max()), "equal": bool(torch.equal(low, full)), **state}
+
+
+def memory_estimates(host, prompt):
+    """``memory_required`` of the loaded UNet3D for several frame counts, plain and with UNet3D Frame Batching."""
+    _run(host, prompt)
+    patcher = _patcher(host)
+    model = patcher.model
+    batching = host.nodes.NODE_CLASS_MAPPINGS["UNet3DFrameBatching"]()
+    windowed = batching.patch(patcher, 8, 2, 1, False, "flat", 0)[0]
+
+    def required(frames, current=None):
+        previous = getattr(model, "current_patcher", None)
+        model.current_patcher = current
+        try:
+            return int(model.memory_required([2 * frames, 4, 16, 16]))
+        finally:
+            model.current_patcher = previous
+    return {"plain": {f: required(f) for f in (8, 32, 64)},
+            "windowed": {f: required(f, windowed) for f in (8, 32, 64)}}

@@ -42,3 +42,16 @@ def test_lowvram_partial_load_equals_full_load(host):
           f"max_abs {r['max_abs']}")
     assert 0 < r["streamed"] < r["layers"], "the budget must force a partial load"
     assert r["equal"], r
+
+
+def test_memory_estimate_is_linear_in_frames_and_bounded_by_frame_batching(host):
+    """ComfyUI decides full / partial loading from memory_required: it must grow with the frames of one call, and
+    with frame batching (windows of 8) stay at one window's worth however long the video."""
+    r = host.probe("memory_estimates", prompt=host.prompt(seed=3, steps=1))
+    plain = {int(k): v for k, v in r["plain"].items()}
+    windowed = {int(k): v for k, v in r["windowed"].items()}
+    print(f"memory_required plain {plain}, windowed {windowed}")
+    assert 0 < plain[8] < plain[32] < plain[64]
+    assert plain[64] / plain[8] < 8 * 1.5, "activations must grow about linearly with frames, not quadratically"
+    assert windowed[8] == plain[8]
+    assert windowed[64] == windowed[32] == windowed[8]
