@@ -20,7 +20,6 @@ import os
 import resource
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._common import RssPeak  # noqa: E402
 from unet3d import UNet3DConditionModel  # noqa: E402
 from unet3d.frame_batching import folded_model_apply, frame_layout, plan_calls, run_frame_batches  # noqa: E402
 from unet3d.windows import WindowSettings  # noqa: E402
@@ -41,32 +41,6 @@ CONFIGS = {
 }
 TOKENS = 77
 MIB = 1 << 20
-
-
-class RssPeak:
-    """Peak RSS over a ``with`` block, sampled every 0.5 ms by a thread (torch ops release the GIL)."""
-
-    @staticmethod
-    def now() -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def __enter__(self):
-        self.start = self.peak = self.now()
-        self._stop = threading.Event()
-
-        def sample():
-            while not self._stop.is_set():
-                self.peak = max(self.peak, self.now())
-                self._stop.wait(0.0005)
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.now())
 
 
 def build_model(config: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
