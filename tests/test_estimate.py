@@ -48,7 +48,7 @@ def test_options_move_the_peak_the_right_way():
     fp8 = estimate({}, ZEROSCOPE_576W, MemoryOptions(weight_dtype="fp8_e4m3fn"))
     assert fp8.weight_bytes * 2 == base.weight_bytes and fp8.activation_bytes == base.activation_bytes
     chunked = estimate({}, ZEROSCOPE_576W, MemoryOptions(ff_chunk=(1, 1)))
-    assert chunked.activation_bytes < 0.6 * base.activation_bytes
+    assert chunked.activation_bytes < 0.7 * base.activation_bytes
     matmul = estimate({}, ZEROSCOPE_576W, MemoryOptions(attention="materialized"))
     assert matmul.activation_bytes > 2 * base.activation_bytes and "attention" in matmul.peak_at
     sliced = estimate({}, ZEROSCOPE_576W, MemoryOptions(attention="materialized", attention_slice="auto"))
@@ -155,7 +155,7 @@ def test_plan_names_the_cheapest_remedy_that_fits():
     est = estimate({}, ZEROSCOPE_576W, opts)
     roomy = plan({}, ZEROSCOPE_576W, opts, est.total_bytes + 1)
     assert roomy["fits"] and not roomy["suggestions"]
-    tight = plan({}, ZEROSCOPE_576W, opts, int(est.weight_bytes + 0.6 * est.activation_bytes))
+    tight = plan({}, ZEROSCOPE_576W, opts, int(est.weight_bytes + 0.7 * est.activation_bytes))
     assert tight["fits"] is False and tight["first_fit"].startswith("feed-forward chunking")
     hopeless = plan({}, ZEROSCOPE_576W, opts, 10**8)
     assert hopeless["first_fit"] is None and hopeless["suggestions"][-1]["label"].startswith("--lowvram")

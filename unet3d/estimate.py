@@ -13,17 +13,17 @@ a tensor is freed as soon as nothing refers to it):
                                                                   and one output-sized convolution buffer
       temporal conv        P*C*K_TCONV                            input, permuted norm copy, SiLU, Conv3d, sum
       transformer          P*(C + 2*I) + max(attention, FF)       residual, hidden state, its norm
-        attention          P*I*(5 + 4 if sliced) + scores         q, k, v, merged output, projection (+ the
-                                                                  per-head copies the sliced path makes)
+        attention          P*I*5 + scores                         q, k, v, merged output, projection (slices
+                                                                  are views: no copies)
         scores             2 * rows_per_step * q_len * kv_len     only where attention materialises its score
                                                                   matrix (plain matmul-softmax): the scaled
                                                                   scores and the softmax; rows_per_step is
                                                                   batch*heads, or the slice size when sliced.
                                                                   Fused kernels (torch SDPA on CPU and CUDA,
                                                                   xformers) keep O(q_len) per row: not counted.
-        feed-forward         P*I*17 / pieces + 2*P*I if chunked   GEGLU projection (8I), gelu(gate) (4I),
-                                                                  value*gate (4I), a matmul buffer (I); chunking
-                                                                  divides the 17I by
+        feed-forward         P*I*13 / pieces + 2*P*I if chunked   GEGLU projection (8I), gelu(gate) multiplied by
+                                                                  value in place (4I), a matmul buffer (I);
+                                                                  chunking divides the 13I by
                                                                   the piece count and adds the outputs + cat
       upsampler            input (+ a contiguous copy when rows >= 64) + 3 x the upsampled size (interpolated,
                                                                   convolution output and buffer)
@@ -52,6 +52,7 @@ from .windows import DEFAULT_CONTEXT_OVERLAP, WindowSettings
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2,
                "fp8_e4m3fn": 1, "fp8_e5m2": 1}
 K_TCONV = 5            # temporal conv working set, in multiples of its input (see docstring)
+FF_WIDTHS = 13         # GEGLU projection (8I) + gelu(gate) multiplied in place (4I) + a matmul buffer (I)
 ATTENTION_PATHS = ("fused", "materialized")
 
 
@@ -187,7 +188,7 @@ def _attention_work(rows: int, seq: int, kv: int, heads: int, inner: int, opts: 
     sliced = opts.attention_slice is not None
     size = rows * seq * inner
     kv_size = rows * kv * inner if cross else size
-    work = size * 3 + 2 * kv_size + (4 * size if sliced else 0)   # q, out, merged, k, v (+ per-head copies)
+    work = size * 3 + 2 * kv_size   # q, out, merged, k, v (slices are views of q/k/v: nothing extra)
     if opts.attention == "materialized":
         step_rows = slice_size_for(opts.attention_slice, heads) if sliced else rows * heads
         work += 2 * step_rows * seq * kv
@@ -197,10 +198,10 @@ def _attention_work(rows: int, seq: int, kv: int, heads: int, inner: int, opts: 
 def _ff_work(rows: int, seq: int, inner: int, chunk: Optional[Tuple[int, int]]) -> float:
     size = rows * seq * inner
     if chunk is None:
-        return 17 * size
+        return FF_WIDTHS * size
     chunk_size, dim = chunk
     pieces = max((rows if dim == 0 else seq) // chunk_size, 1)
-    return 17 * size / pieces + 2 * size
+    return FF_WIDTHS * size / pieces + 2 * size
 
 
 def _transformer_work(rows: int, seq: int, channels: int, heads: int, head_dim: int, kv_tokens: int,
