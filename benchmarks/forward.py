@@ -1,6 +1,7 @@
 """Our UNet3D forward against diffusers' on identical weights and inputs (fp32, CPU).
 
-Time: both models live in one process and run interleaved (ours, theirs, ours, ...); the median of N runs each.
+Time: both models live in one process and run interleaved, alternating which goes first; the median of N runs
+each.
 Peak memory: a fresh subprocess per implementation builds the model, loads the same weights, and runs one forward;
 the figure is the growth of RSS during that forward, sampled by a thread (activations + workspace; weights do
 not count).
@@ -51,8 +52,9 @@ def time_pair(name: str, runs: int) -> dict:
     times = {"ours": [], "diffusers": []}
     with torch.no_grad():
         err = ((ours(*args).sample - theirs(*args).sample).abs().max() / theirs(*args).sample.abs().max()).item()
-        for _ in range(runs):
-            for impl, model in (("ours", ours), ("diffusers", theirs)):
+        pair = [("ours", ours), ("diffusers", theirs)]
+        for i in range(runs):
+            for impl, model in (pair if i % 2 == 0 else pair[::-1]):  # alternate who goes first (no position bias)
                 start = time.perf_counter()
                 model(*args)
                 times[impl].append(time.perf_counter() - start)
