@@ -5,8 +5,7 @@ raises ``ValueError`` naming the parameter and the offending values, so a bad co
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlock3D", "DownBlock3D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock3D", "UpBlock3D")
@@ -172,18 +171,12 @@ def level_attention_geometry(cfg: Mapping[str, Any]) -> List[Tuple[int, int]]:
     return [(w // d, d) for w, d in zip(widths, _per_level(cfg, "attention_head_dim"))]
 
 
-def num_upsamplers(cfg: Mapping[str, Any]) -> int:
-    return len(cfg["block_out_channels"]) - 1
-
-
 def overall_up_factor(cfg: Mapping[str, Any]) -> int:
-    return int(math.pow(2, num_upsamplers(cfg)))
+    """Every level but the last upsamples by 2: latent sides must be multiples of this, or exact sizes are passed."""
+    return 2 ** (len(cfg["block_out_channels"]) - 1)
 
 
 def transformer_in_geometry(cfg: Mapping[str, Any]) -> Tuple[int, int]:
     """The input temporal transformer always has 8 heads; its head size is the level-0 head size."""
     return 8, level_attention_geometry(cfg)[0][1]
 
-
-def as_sequence(value: Any, n: int) -> Sequence[Any]:
-    return value if isinstance(value, tuple) else (value,) * n
