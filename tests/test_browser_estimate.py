@@ -170,8 +170,11 @@ def test_estimate_shows_on_the_node_and_follows_the_frame_count(server):
                                    "the estimate did not follow the frame count")
             gb = lambda text: float(text.split("≈ ")[1].split(" GB")[0])  # noqa: E731
             assert gb(second) > gb(first), (first, second)
-            page.keyboard.press("Escape")          # the new frontend opens its template browser on first start
-            page.wait_for_timeout(500)
+            for _ in range(5):                     # the new frontend opens its template browser on first start
+                if page.locator("[role=dialog]:visible").count() == 0:
+                    break
+                page.keyboard.press("Escape")
+                page.wait_for_timeout(400)
             page.screenshot(path=str(ARTIFACTS / "browser_estimate.png"))
             assert not [e for e in errors if "unet3d" in e.lower()], errors
         finally:
