@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
@@ -21,6 +22,7 @@ from ..unet3d.checkpoint import mismatch_report, read_unet3d_state_dict
 from ..unet3d.checkpoint_errors import CheckpointError
 from ..unet3d.config import UNet3DConfig
 from ..unet3d.config_inference import infer_config
+from ..unet3d.loading import default_weight_files
 from .model_base import UNet3DModelConfig, build_model
 
 log = logging.getLogger("unet3d")
@@ -58,21 +60,12 @@ def unet_choices() -> List[str]:
     return folder_paths.get_filename_list("unet") + [name for name, _ in _diffusers_unet_dirs()]
 
 
-def _weight_files(unet_dir: str) -> List[str]:
-    names = sorted(os.listdir(unet_dir))
-    for ext in (".safetensors", ".bin"):
-        files = [n for n in names if n.startswith("diffusion_pytorch_model") and n.endswith(ext)]
-        if files:
-            return [os.path.join(unet_dir, n) for n in files]
-    raise CheckpointError(f"{unet_dir}: no diffusion_pytorch_model*.safetensors or *.bin weights next to config.json")
-
-
 def resolve(unet_name: str) -> Tuple[List[str], Optional[str]]:
     """(weight files, config.json path or None) for a combo value."""
     if unet_name.startswith(DIFFUSERS_TAG):
         for name, unet_dir in _diffusers_unet_dirs():
             if name == unet_name:
-                return _weight_files(unet_dir), os.path.join(unet_dir, "config.json")
+                return default_weight_files(Path(unet_dir)), os.path.join(unet_dir, "config.json")
     else:
         path = folder_paths.get_full_path("unet", unet_name)
         if path is not None:

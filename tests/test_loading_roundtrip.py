@@ -143,3 +143,13 @@ def test_modelscope_release_folder_loads_its_pth(tmp_path):
     assert rel_err(forward(UNet3DConditionModel.from_pretrained(tmp_path), inputs), want) < 1e-5
     assert convert_main([str(tmp_path), str(tmp_path / "diffusers")]) == 0
     assert rel_err(forward(_diffusers_load(tmp_path / "diffusers"), inputs), want) < 1e-5
+
+
+def test_default_weight_files_prefer_plain_weights_then_the_variant(tmp_path):
+    """What the ComfyUI loader reads from a diffusers folder: never a plain file and a variant together."""
+    from unet3d.loading import default_weight_files
+
+    (tmp_path / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"x")
+    assert [p.name for p in default_weight_files(tmp_path)] == ["diffusion_pytorch_model.fp16.safetensors"]
+    (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+    assert [p.name for p in default_weight_files(tmp_path)] == ["diffusion_pytorch_model.safetensors"]

@@ -41,6 +41,14 @@ def _listing(folder: Path, limit: int = 12) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
 
 
+def default_weight_files(folder: Path) -> List[Path]:
+    """The weights a UI loader should use when nobody names a variant: the un-suffixed ones, else the only (or
+    first) variant present."""
+    variants = variants_present(folder)
+    variant = None if None in variants or not variants else sorted(variants)[0]
+    return find_weight_files(folder, variant)
+
+
 def find_weight_files(folder: Path, variant: Optional[str] = None) -> List[Path]:
     """The weight file(s) of a diffusers model folder, preferring safetensors; shards via their index json."""
     for ext in ("safetensors", "bin"):
@@ -50,7 +58,7 @@ def find_weight_files(folder: Path, variant: Optional[str] = None) -> List[Path]
         index = folder / _with_variant(f"{WEIGHTS_NAME}.{ext}.index.json", variant)
         if index.is_file():
             return _shards_from_index(index)
-    variants = _variants_present(folder)
+    variants = variants_present(folder)
     expected = f"{_with_variant(WEIGHTS_NAME + '.safetensors', variant)} (or .bin, or a sharded *.index.json)"
     if variant:
         have = ", ".join(repr(v) for v in sorted(v for v in variants if v)) or "none"
@@ -65,7 +73,7 @@ def find_weight_files(folder: Path, variant: Optional[str] = None) -> List[Path]
                                   f"{_listing(folder)}.")
 
 
-def _variants_present(folder: Path) -> set:
+def variants_present(folder: Path) -> set:
     """Variant names of the weight files in ``folder`` (None = un-suffixed), e.g. {None, 'fp16'}."""
     found = set()
     for path in folder.glob(f"{WEIGHTS_NAME}*"):
