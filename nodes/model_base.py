@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 
 import comfy.conds
 import comfy.latent_formats
@@ -25,6 +24,7 @@ import comfy.supported_models_base
 from comfy.ldm.modules.attention import optimized_attention
 
 from ..unet3d import UNet3DConditionModel
+from ..unet3d.attention import sdpa_attention
 from ..unet3d.estimate import MemoryOptions, Workload, dtype_name, estimate
 from . import latent as latent_registry
 
@@ -44,15 +44,11 @@ class UNet3DModelConfig(comfy.supported_models_base.BASE):
 
 
 def _attention(q, k, v, heads, mask=None):
-    """ComfyUI's optimized attention (xformers / SDPA / sub-quadratic, chosen at start-up); torch SDPA when a real
-    key mask is given (bool ``(batch, 1, kv_tokens)``, True = keep), since the backends treat masks differently."""
+    """ComfyUI's optimized attention (xformers / SDPA / sub-quadratic, chosen at start-up); unet3d's torch SDPA when a
+    real key mask is given (bool ``(batch, 1, kv_tokens)``, True = keep), since the backends treat masks differently."""
     if mask is None:
         return optimized_attention(q, k, v, heads)
-    b, n, inner = q.shape
-    d = inner // heads
-    q, k, v = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.reshape(b, 1, 1, -1))
-    return out.transpose(1, 2).reshape(b, n, inner)
+    return sdpa_attention(q, k, v, heads, mask)
 
 
 def frames_layout(rows: int, transformer_options: dict, num_video_frames=None):
