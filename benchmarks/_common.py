@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +18,6 @@ SETTINGS = {
     "tiny": (TINY, (1, 8, 16, 16, 8)),
     "medium": (MEDIUM, (1, 16, 40, 72, 77)),
 }
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def current_rss_bytes() -> int:
