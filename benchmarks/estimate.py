@@ -1,4 +1,4 @@
-"""The memory estimate (``unet3d.estimate``) against real peaks of one UNet call.
+"""The memory estimate (``unet3d.memory.estimate``) against real peaks of one UNet call.
 
 CPU (default): each row runs in a fresh subprocess that builds the model with random weights, warms the kernels up on
 a tiny input, and samples its RSS during one call (``RssPeak``); the figure is the growth (activations + workspace).
@@ -27,7 +27,7 @@ QUARTER = dict(block_out_channels=(80, 160, 320, 320), attention_head_dim=16, no
 ZEROSCOPE = {}  # the diffusers defaults = ModelScope 1.7B / Zeroscope v2 576w / XL
 TOLERANCE = 0.25
 
-# name -> (config, frames, latent h, latent w, options for unet3d.estimate.MemoryOptions / the call)
+# name -> (config, frames, latent h, latent w, options for unet3d.memory.estimate.MemoryOptions / the call)
 CPU_ROWS = {
     "quarter 16f 40x72": (QUARTER, 16, 40, 72, {}),
     "quarter 16f 32x32": (QUARTER, 16, 32, 32, {}),
@@ -51,45 +51,44 @@ GPU_ROWS = {
 
 
 def estimated_bytes(config, frames, h, w, options, dtype) -> int:
-    from unet3d.estimate import MemoryOptions, Workload, estimate
+    from unet3d.memory.estimate import MemoryOptions, Workload, estimate
     opts = MemoryOptions(weight_dtype=dtype, **options)
     return estimate(config, Workload(frames, h, w, videos=1, cond_chunks=2), opts).activation_bytes
 
 
 def _call(model, x, t, context, options):
-    """One sampler step's UNet work: through frame batching when windows / a row cap are set."""
-    import torch
-    from unet3d.attention import bmm_attention
-    from unet3d.frame_batching import folded_model_apply, run_frame_batches
-    from unet3d.windows import WindowSettings
+    """One sampler step's UNet work on the path ComfyUI runs (the plugin's ComfyUNet3D, through its frame-batching
+    wrapper when windows / a row cap are set), with this pack's per-call settings as its patch nodes write them."""
+    from comfy_runner.offline import plugin_module, sampler_call
+    from unet3d.video.windows import WindowSettings
     ours = {}
     if options.get("attention_slice") is not None:
         ours["attention_slice"] = options["attention_slice"]
     if options.get("ff_chunk") is not None:
         ours["ff_chunk"] = tuple(options["ff_chunk"])
-    if options.get("attention") == "materialized":
-        ours["attention_fn"] = bmm_attention
     b, c, f, h, w = x.shape
+    rows = x.transpose(1, 2).reshape(b * f, c, h, w)
+    wrapper = None
     if options.get("context_length"):
-        apply = folded_model_apply(lambda *a, transformer_options, **k: model(
-            *a, transformer_options={**transformer_options, "unet3d": ours}, **k))
-        rows = x.transpose(1, 2).reshape(b * f, c, h, w)
         settings = WindowSettings(options["context_length"], 8)
-        return run_frame_batches(apply, rows, t.repeat(b), context, [1, 0], settings,
-                                 options.get("max_batch_rows", 0))
-    with torch.no_grad():
-        return model(x, t, context, transformer_options={"unet3d": ours}).sample
+        wrapper = plugin_module("nodes.frame_batching").FrameBatchingWrapper(settings,
+                                                                             options.get("max_batch_rows", 0))
+    return sampler_call(model, rows, t.repeat(b * f), context, wrapper=wrapper, transformer_options={"unet3d": ours})
 
 
 def measure_row(name: str, device: str) -> dict:
     """Worker: build, warm up, measure one call. Prints JSON."""
     import torch
-    from unet3d import UNet3DConditionModel
+
+    from comfy_runner.offline import plugin_module
+    from unet3d.network.attention import bmm_attention
     rows = CPU_ROWS if device == "cpu" else GPU_ROWS
     config, frames, h, w, options = rows[name]
     dtype = torch.float32 if device == "cpu" else torch.float16
     torch.manual_seed(0)
-    model = UNet3DConditionModel(**config).to(device=device, dtype=dtype).eval()
+    attention = bmm_attention if options.get("attention") == "materialized" else None
+    model = plugin_module("nodes.unet_adapter").ComfyUNet3D(**config, attention=attention)
+    model = model.to(device=device, dtype=dtype).eval()
     cross = config.get("cross_attention_dim", 1024)
 
     def inputs(f, hh, ww):

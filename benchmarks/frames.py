@@ -1,7 +1,7 @@
 """Frame batching: peak memory and time of one cfg model evaluation (cond + uncond) for long videos.
 
 Each row runs in a fresh subprocess: build the UNet3D with random weights, run one warm-up window, then one full
-evaluation of ``frames`` frames through ``unet3d.frame_batching`` (context 24, overlap 8 by default) and, with
+evaluation of ``frames`` frames through ``unet3d.video.frame_batching`` (context 24, overlap 8 by default) and, with
 ``--direct``, the same evaluation without frame batching. Memory:
 
 * CUDA: ``torch.cuda.max_memory_allocated`` over the evaluation (weights included), default config = diffusers'
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -29,9 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._common import RssPeak  # noqa: E402
-from unet3d import UNet3DConditionModel  # noqa: E402
-from unet3d.frame_batching import folded_model_apply, frame_layout, plan_calls, run_frame_batches  # noqa: E402
-from unet3d.windows import WindowSettings  # noqa: E402
+from comfy_runner.offline import plugin_module, sampler_call  # noqa: E402
+from unet3d.video.folding import frame_layout  # noqa: E402
+from unet3d.video.frame_batching import plan_calls  # noqa: E402
+from unet3d.video.windows import WindowSettings  # noqa: E402
 
 CONFIGS = {
     "tiny": dict(block_out_channels=(32, 64, 128, 128), layers_per_block=1, attention_head_dim=8,
@@ -44,8 +44,9 @@ MIB = 1 << 20
 
 
 def build_model(config: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    """The UNet as ComfyUI runs it (``nodes/unet_adapter.py``'s ComfyUNet3D), random weights."""
     torch.manual_seed(0)
-    model = UNet3DConditionModel(**CONFIGS[config]).eval()
+    model = plugin_module("nodes.unet_adapter").ComfyUNet3D(**CONFIGS[config]).eval()
     return model.to(device=device, dtype=dtype)
 
 
@@ -70,14 +71,14 @@ def measure(args) -> dict:
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     model = build_model(args.config, args.device, dtype)
     settings = WindowSettings(args.context_length, args.context_overlap)
-    apply = folded_model_apply(model)
+    wrapper = plugin_module("nodes.frame_batching").FrameBatchingWrapper(settings, args.max_batch_rows)
     x, t, context = folded_inputs(args.frames, args.latent, args.device, dtype)
     windows = settings.windows(args.frames)
     calls = plan_calls(frame_layout(x.shape[0], 2), windows, args.max_batch_rows)
     with torch.inference_mode():
         warm = min(args.frames, args.context_length)
         wx, wt, wc = folded_inputs(warm, args.latent, args.device, dtype)
-        apply(wx, wt, wc, [1, 0])
+        sampler_call(model, wx, wt, wc)
         synchronize(args.device)
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -85,10 +86,7 @@ def measure(args) -> dict:
         with RssPeak() as rss:
             for _ in range(max(args.repeat, 1)):
                 start = time.perf_counter()
-                if args.mode == "direct":
-                    out = apply(x, t, context, [1, 0])
-                else:
-                    out = run_frame_batches(apply, x, t, context, [1, 0], settings, args.max_batch_rows)
+                out = sampler_call(model, x, t, context, wrapper=None if args.mode == "direct" else wrapper)
                 synchronize(args.device)
                 times.append(time.perf_counter() - start)
                 assert torch.isfinite(out).all()

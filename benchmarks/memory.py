@@ -1,5 +1,5 @@
-"""Peak memory of one UNet3D forward with attention slicing / feed-forward chunking (set per call, as the ComfyUI
-patch nodes do through ``transformer_options["unet3d"]``).
+"""Peak memory of one UNet3D forward with attention slicing / feed-forward chunking (set per call with
+``call_options``, as the ComfyUI patch nodes do).
 
 CPU (always): the medium config (block_out_channels 64/128/256/256, cross_attention_dim 1024, head size 64), fp32,
 16 frames, 40x72 latent, 77 tokens, random weights. Each row runs in a fresh subprocess that builds the model, runs
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import MEDIUM, RssPeak, run_json, table  # noqa: E402
 
-ROWS = {  # name -> transformer_options["unet3d"]
+ROWS = {  # name -> call_options
     "none": {},
     "slicing auto": {"attention_slice": "auto"},
     "slicing max": {"attention_slice": "max"},
@@ -51,9 +51,9 @@ def _inputs(shape, dim, dtype, device):
 def _options(row, attention):
     ours = dict(ROWS[row])
     if attention == "bmm":
-        from unet3d.attention import bmm_attention
+        from unet3d.network.attention import bmm_attention
         ours["attention_fn"] = bmm_attention
-    return {"unet3d": ours}
+    return ours
 
 
 def measure_cpu(row: str, attention: str) -> dict:
@@ -63,10 +63,10 @@ def measure_cpu(row: str, attention: str) -> dict:
     options = _options(row, attention)
     with torch.inference_mode():
         small = _inputs((1, 2, 8, 8, 77), MEDIUM["cross_attention_dim"], torch.float32, "cpu")
-        model(*small[:1], 500, small[1], transformer_options=options)        # warm-up: kernels, thread pools
+        model(*small[:1], 500, small[1], call_options=options)        # warm-up: kernels, thread pools
         sample, context = _inputs(CPU_SHAPE, MEDIUM["cross_attention_dim"], torch.float32, "cpu")
         with RssPeak() as peak:
-            out = model(sample, 500, context, transformer_options=options).sample
+            out = model(sample, 500, context, call_options=options).sample
         del out
     return {"peak_bytes": peak.growth}
 
@@ -81,7 +81,7 @@ def measure_cuda(row: str, attention: str) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        out = model(sample, 500, context, transformer_options=options).sample
+        out = model(sample, 500, context, call_options=options).sample
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - before
         del out

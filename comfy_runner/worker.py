@@ -1,5 +1,5 @@
 """The host process: imports a ComfyUI tree, loads its nodes (this plugin included) and executes prompts through
-ComfyUI's own ``PromptExecutor`` (host doc section 9.1), answering JSON requests one per line.
+ComfyUI's own ``PromptExecutor`` (as ComfyUI's ``main.py`` does), answering JSON requests one per line.
 
 Run as a script with the ComfyUI root as working directory (``client.HostProcess`` does that), never imported by the
 plugin or the tests: ComfyUI's import side effects (sys.argv, its top-level ``nodes``/``execution``/``server``
@@ -82,10 +82,11 @@ class Host:
         if os.path.isfile(os.path.join(root, "utils", "__init__.py")):
             import utils.extra_config  # noqa: F401  as main.py does: before nodes.py puts comfy/ (with its own
             #                            utils.py) first on sys.path
-        import nodes
-        import execution
-        import comfy.utils
         import comfy.model_management as mm
+        import comfy.utils
+        import execution
+
+        import nodes
         self.torch, self.folder_paths, self.nodes, self.execution, self.mm = torch, folder_paths, nodes, execution, mm
         os.makedirs(args.output, exist_ok=True)
         folder_paths.set_output_directory(os.path.abspath(args.output))
@@ -161,7 +162,8 @@ class Host:
             path = os.path.join(capture_dir, f"{node_id}.pt")
             self.torch.save(_tensors(raw), path)
             captured[node_id] = path
-        return {"ok": True, "outputs": _jsonable(ui), "captured": captured, "seconds": seconds, "node_seconds": node_seconds,
+        return {"ok": True, "outputs": _jsonable(ui), "captured": captured, "seconds": seconds,
+                "node_seconds": node_seconds,
                 "messages": [m for m in messages if m[0] in ("execution_cached", "execution_start")],
                 "output_dir": self.folder_paths.get_output_directory()}
 

@@ -1,6 +1,7 @@
 """``UNet3DFrameBatching``: sample videos of any length in windows of frames, in bounded batches.
 
-Glue only: the window layout and fuse weights are ``unet3d.windows``, the batching and fusion ``unet3d.frame_batching``.
+Glue only: the window layout and fuse weights are ``unet3d.video.windows``, the batching and fusion
+``unet3d.video.frame_batching``.
 The node clones the MODEL and installs a model function wrapper (``set_model_unet_function_wrapper``, the same hook in
 every ComfyUI version), so samplers, FreeU / slicing / chunking patches and core nodes are untouched: the wrapper only
 decides which rows of the ``(k*F, C, h, w)`` batch reach ``apply_model`` together. A wrapper already on the model
@@ -8,8 +9,9 @@ decides which rows of the ``(k*F, C, h, w)`` batch reach ``apply_model`` togethe
 """
 from __future__ import annotations
 
-from ..unet3d.frame_batching import FrameCall, frame_layout, fuse_calls, plan_calls
-from ..unet3d.windows import DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, FUSE_METHODS, WindowSettings
+from ..unet3d.video.folding import frame_layout
+from ..unet3d.video.frame_batching import FrameCall, fuse_calls, plan_calls
+from ..unet3d.video.windows import DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, FUSE_METHODS, WindowSettings
 
 MAX_FRAMES = 4096
 
@@ -65,6 +67,13 @@ class FrameBatchingWrapper:
         return fuse_calls(apply_call, calls)
 
 
+def check_batch_rows(max_batch_rows: int, context_length: int) -> None:
+    if max_batch_rows and max_batch_rows < context_length:
+        raise ValueError(f"max_batch_rows ({max_batch_rows}) is smaller than context_length ({context_length}); "
+                         f"one window of one video is the smallest UNet call. Use 0 (no cap) or at least "
+                         f"{context_length}, or lower context_length.")
+
+
 def _int(default, minimum, maximum, tooltip):
     return ("INT", {"default": default, "min": minimum, "max": maximum, "step": 1, "tooltip": tooltip})
 
@@ -109,10 +118,7 @@ class UNet3DFrameBatching:
     def patch(self, model, context_length, context_overlap, context_stride, closed_loop, fuse_method,
               max_batch_rows):
         settings = WindowSettings(context_length, context_overlap, context_stride, bool(closed_loop), fuse_method)
-        if max_batch_rows and max_batch_rows < context_length:
-            raise ValueError(f"max_batch_rows ({max_batch_rows}) is smaller than context_length ({context_length}); "
-                             f"one window of one video is the smallest UNet call. Use 0 (no cap) or at least "
-                             f"{context_length}, or lower context_length.")
+        check_batch_rows(max_batch_rows, context_length)
         patched = model.clone()
         previous = patched.model_options.get("model_function_wrapper")
         patched.set_model_unet_function_wrapper(FrameBatchingWrapper(settings, max_batch_rows, previous))

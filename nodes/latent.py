@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import weakref
 
-import torch
-
 import comfy.model_management
+import torch
 
 MAX_SIZE = 16384
 _by_id: dict = {}      # id(tensor) -> (weakref to it, frames); tensors cannot be dict keys (== is elementwise)

@@ -1,8 +1,9 @@
 """``UNet3DLoader``: a ModelScope / Zeroscope UNet3D checkpoint from ComfyUI's model folders -> ``MODEL``.
 
-Thin glue: folder_paths finds the file, ``unet3d.checkpoint`` reads it (original or diffusers layout, safe loading)
-and infers the config, ``model_base.build_model`` builds the UNet from comfy.ops layers, and a ModelPatcher with
-ComfyUI's load / offload devices hands it to model management (lowvram streaming, fp8 storage via manual_cast).
+Thin glue: folder_paths finds the file, ``unet3d.checkpoints.loading`` reads it (original or diffusers layout, safe
+loading, config checked before anything is allocated) and builds the UNet on ``meta`` from comfy.ops layers with the
+weights assigned (one copy), ``model_base.wrap`` puts it in a BaseModel, and a ModelPatcher with ComfyUI's load /
+offload devices hands it to model management (lowvram streaming, fp8 storage via manual_cast).
 """
 from __future__ import annotations
 
@@ -12,24 +13,22 @@ import os
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-import torch
-
 import comfy.model_management as mm
 import comfy.model_patcher
 import folder_paths
 
-from ..unet3d.checkpoint import mismatch_report, read_unet3d_state_dict
-from ..unet3d.checkpoint_errors import CheckpointError
-from ..unet3d.config import UNet3DConfig
-from ..unet3d.config_inference import infer_config
-from ..unet3d.loading import default_weight_files
-from .model_base import UNet3DModelConfig, build_model
+from ..unet3d.checkpoints.folders import default_weight_files
+from ..unet3d.checkpoints.loading import build_model, read_checkpoint
+from ..unet3d.dtypes import WEIGHT_DTYPES as STORAGE_DTYPES
+from ..unet3d.dtypes import by_name
+from .model_base import UNet3DModelConfig, build_args, wrap
+from .unet_adapter import ComfyUNet3D
 
 log = logging.getLogger("unet3d")
 
 DIFFUSERS_TAG = "[diffusers] "
-WEIGHT_DTYPES = {"default": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
-                 "fp8_e4m3fn": getattr(torch, "float8_e4m3fn", None)}
+# "default" lets ComfyUI pick for the device; the rest are the storage dtypes of unet3d's dtype table.
+WEIGHT_DTYPES = {"default": None, **{name: by_name(name).torch for name in STORAGE_DTYPES if name != "fp8_e5m2"}}
 
 
 def _diffusers_unet_dirs() -> List[Tuple[str, str]]:
@@ -77,37 +76,21 @@ def resolve(unet_name: str) -> Tuple[List[str], Optional[str]]:
 
 
 def load_unet3d(unet_name: str, weight_dtype: str = "default"):
-    if weight_dtype not in WEIGHT_DTYPES or (weight_dtype != "default" and WEIGHT_DTYPES[weight_dtype] is None):
-        raise ValueError(f"weight_dtype {weight_dtype!r} is not available here; use one of "
-                         f"{[k for k, v in WEIGHT_DTYPES.items() if k == 'default' or v is not None]}")
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {list(WEIGHT_DTYPES)}")
     paths, config_path = resolve(unet_name)
-    sd, info = read_unet3d_state_dict(paths)
-    if config_path:
-        with open(config_path, encoding="utf-8") as fh:
-            config, _ignored = UNet3DConfig.from_dict(json.load(fh))
-    else:
-        config, _ignored = UNet3DConfig.from_dict(infer_config(sd, info.source))
-    unet_config = dict(config)
-    unet_config["model_channels"] = config["block_out_channels"][0]   # read by core FreeU / model management
-
+    checkpoint = read_checkpoint(paths, config_path)
     load_device = mm.get_torch_device()
     offload_device = mm.unet_offload_device()
     supported = UNet3DModelConfig.supported_inference_dtypes
-    dtype = WEIGHT_DTYPES[weight_dtype]
-    if dtype is None:
-        params = sum(t.numel() for t in sd.values())
-        dtype = mm.unet_dtype(model_params=params, supported_dtypes=supported)
+    dtype = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(model_params=checkpoint.parameters,
+                                                          supported_dtypes=supported)
     manual_cast = mm.unet_manual_cast(dtype, load_device, supported)
-    model = build_model(unet_config, dtype, load_device, offload_device, manual_cast)
-    expected = {k: tuple(v.shape) for k, v in model.diffusion_model.state_dict().items()}
-    report = mismatch_report(expected, sd)
-    if report:
-        raise CheckpointError(f"{info.source} does not match the UNet3D built from "
-                              f"{config_path or 'the config inferred from its shapes'}:\n{report}")
-    model.diffusion_model.load_state_dict(sd, strict=True)
-    model.diffusion_model.eval()
-    log.info("UNet3D loaded from %s (%s layout, weights %s, compute %s)", info.source, info.layout, dtype,
-             manual_cast or dtype)
+    unet = build_model(ComfyUNet3D, checkpoint, dtype, offload_device, **build_args(dtype, manual_cast))
+    unet_config = {**checkpoint.config, "model_channels": checkpoint.config["block_out_channels"][0]}
+    model = wrap(unet, unet_config, dtype, offload_device, manual_cast)   # model_channels: read by core FreeU
+    log.info("UNet3D loaded from %s (%s layout, weights %s, compute %s)", checkpoint.info.source,
+             checkpoint.info.layout, dtype, manual_cast or dtype)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 

@@ -1,6 +1,6 @@
 """``UNet3DLoraLoader``: a UNet3D LoRA from ComfyUI's ``loras`` folder, applied as ModelPatcher weight patches.
 
-``unet3d.lora`` reads the file's layout and maps it onto the model's (diffusers) weight names; ComfyUI's own
+``unet3d.checkpoints.lora`` reads the file's layout and maps it onto the model's (diffusers) weight names; ComfyUI's own
 ``comfy.lora.load_lora`` turns the canonical ``lora_up`` / ``lora_down`` / ``alpha`` entries into the patch objects
 of the running ComfyUI version. ModelPatcher adds them to a backup-protected copy of the weights while the clone is
 loaded, so the cached MODEL never changes and removing the node is exact and free.
@@ -13,7 +13,7 @@ import comfy.lora
 import comfy.utils
 import folder_paths
 
-from ..unet3d.lora import LoraError, canonical_lora, parse_lora, read_lora
+from ..unet3d.checkpoints.lora import LoraError, canonical_lora, parse_lora, read_lora
 from .patches import CATEGORY, MODEL_TIP, _unet
 
 log = logging.getLogger("unet3d")

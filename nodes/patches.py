@@ -1,13 +1,18 @@
-"""Patch nodes: FreeU, attention slicing and feed-forward chunking for UNet3D models.
+"""Patch nodes: FreeU (diffusers-exact), attention slicing and feed-forward chunking for UNet3D models.
 
 Each node clones the ModelPatcher and writes plain data into the clone's ``model_options["transformer_options"]``
-(the ``unet3d`` key, read by ``unet3d.options`` on every forward call) or appends an ``output_block_patch``. Nothing
-is written into the shared torch module, so the input MODEL and every other branch of the graph stay as they were.
+under the ``unet3d`` key, which ``nodes.patch_protocol`` turns into unet3d's per-call options on every forward call.
+Nothing is written into the shared torch module, so the input MODEL and every other branch of the graph stay as they
+were.
 """
 from __future__ import annotations
 
-from ..unet3d.freeu import apply_freeu
-from ..unet3d.options import validate_chunking, validate_slice_value
+import logging
+
+from ..unet3d.network.options import validate_chunking, validate_slice_value
+from .patch_protocol import OUR_KEY
+
+log = logging.getLogger("unet3d")
 
 CATEGORY = "video/unet3d"
 MODEL_TIP = "A UNet3D model (from Load UNet3D Model, possibly already patched)."
@@ -19,9 +24,9 @@ def _clone_with_option(model, key, value):
     clone = model.clone()
     options = dict(clone.model_options)
     transformer_options = dict(options.get("transformer_options") or {})
-    ours = dict(transformer_options.get("unet3d") or {})
+    ours = dict(transformer_options.get(OUR_KEY) or {})
     ours[key] = value
-    transformer_options["unet3d"] = ours
+    transformer_options[OUR_KEY] = ours
     options["transformer_options"] = transformer_options
     clone.model_options = options
     return clone
@@ -36,26 +41,25 @@ def _unet(model):
 
 
 # ---------------------------------------------------------------------------------------------------- FreeU
-def comfy_freeu_patch(model_channels: int, b1: float, b2: float, s1: float, s2: float):
-    """ComfyUI's FreeU stage choice: by the decoder feature's channel count (4x and 2x the base channels)."""
-    stages = {model_channels * 4: (b1, s1), model_channels * 2: (b2, s2)}
-
-    def output_block_patch(h, hsp, transformer_options):
-        stage = stages.get(int(h.shape[1]))
-        return (h, hsp) if stage is None else apply_freeu(h, hsp, *stage)
-    output_block_patch.unet3d_freeu = True  # marks our patch so a later UNet3DFreeU replaces it
-    return output_block_patch
+def core_freeu(model, b1, b2, s1, s2):
+    """ComfyUI's own FreeU node applied to ``model`` (a V1 class before 0.8, a V3 class with a ``patch`` alias
+    after); it picks decoder stages by channel count, as on SD1.5."""
+    from comfy_extras.nodes_freelunch import FreeU
+    return FreeU().patch(model, b1, b2, s1, s2)[0]
 
 
 class UNet3DFreeU:
-    DESCRIPTION = ("FreeU for UNet3D video models: boosts the decoder's backbone features (b1, b2) and damps the "
-                   "low frequencies of its skip features (s1, s2). Defaults are the values published for "
-                   "ModelScope and Zeroscope. Returns a patched copy; the input model is unchanged.")
+    DESCRIPTION = ("FreeU exactly as diffusers' enable_freeu on UNet3D: boosts the backbone features (b1, b2) and "
+                   "damps the low frequencies of the skip features (s1, s2) of the first two decoder stages. "
+                   "Defaults are the values published for ModelScope and Zeroscope. Core FreeU / FreeU_V2 also work "
+                   "on UNet3D models (they pick stages by channel count, as on SD1.5). Returns a patched copy; the "
+                   "input model is unchanged.")
     CATEGORY = CATEGORY
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The model with FreeU applied while sampling.",)
+    MODES = ("diffusers", "comfy")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -67,40 +71,22 @@ class UNet3DFreeU:
             "b2": value(1.4, "Backbone factor of the second decoder stage."),
             "s1": value(0.9, "Skip-feature low-frequency factor of the coarsest decoder stage."),
             "s2": value(0.2, "Skip-feature low-frequency factor of the second decoder stage."),
-            "mode": (["diffusers", "comfy"], {
+        }, "optional": {
+            "mode": (list(cls.MODES), {
                 "default": "diffusers",
-                "tooltip": "diffusers: exactly diffusers' enable_freeu (first two up blocks by position; a 0 in "
-                           "any value turns it off). comfy: ComfyUI's FreeU stage choice by channel count (4x and "
-                           "2x the base channels), as the core FreeU node does on image models." + LATER_WINS}),
+                "tooltip": "Kept so workflows saved with it still run. diffusers: this node's FreeU. comfy "
+                           "(deprecated): runs core FreeU with these values; use the core FreeU node instead."}),
         }}
 
     def patch(self, model, b1, b2, s1, s2, mode="diffusers"):
         _unet(model)
-        if mode == "diffusers":
-            clone = _clone_with_option(model, "freeu", {"s1": s1, "s2": s2, "b1": b1, "b2": b2})
-            _drop_our_freeu_patches(clone)
-            return (clone,)
-        if mode != "comfy":
-            raise ValueError(f"UNet3DFreeU mode must be 'diffusers' or 'comfy', got {mode!r}")
-        clone = _clone_with_option(model, "freeu", None)  # an earlier diffusers-mode FreeU stops here
-        _drop_our_freeu_patches(clone)
-        clone.set_model_output_block_patch(comfy_freeu_patch(_model_channels(model), b1, b2, s1, s2))
-        return (clone,)
-
-
-def _model_channels(model) -> int:
-    unet_config = getattr(model.model.model_config, "unet_config", {}) or {}
-    return int(unet_config.get("model_channels") or _unet(model).config["block_out_channels"][0])
-
-
-def _drop_our_freeu_patches(clone) -> None:
-    """Remove an earlier UNet3DFreeU (comfy mode) from the clone's own copy of the patch lists."""
-    transformer_options = clone.model_options["transformer_options"]
-    patches = dict(transformer_options.get("patches") or {})
-    kept = [p for p in patches.get("output_block_patch", []) if not getattr(p, "unet3d_freeu", False)]
-    if "output_block_patch" in patches:
-        patches["output_block_patch"] = kept
-    transformer_options["patches"] = patches
+        if mode not in self.MODES:
+            raise ValueError(f"UNet3DFreeU mode must be one of {list(self.MODES)}, got {mode!r}")
+        if mode == "comfy":
+            log.warning("UNet3D FreeU: mode 'comfy' is deprecated; it now runs core FreeU. Replace this node by "
+                        "core FreeU (model_patches) with the same values.")
+            return (core_freeu(_clone_with_option(model, "freeu", None), b1, b2, s1, s2),)
+        return (_clone_with_option(model, "freeu", {"s1": s1, "s2": s2, "b1": b1, "b2": b2}),)
 
 
 # ---------------------------------------------------------------------------------------------------- slicing

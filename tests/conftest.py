@@ -1,4 +1,4 @@
-"""Shared test setup: makes the helper modules in tests/ importable and locates ../shared/fixtures."""
+"""Shared test setup: makes the helper modules in tests/ importable and locates the checked-in fixtures."""
 import sys
 from pathlib import Path
 
@@ -10,12 +10,11 @@ sys.path.insert(0, str(TESTS_DIR))
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+FIXTURES = TESTS_DIR / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def modelscope_fixture_dir() -> Path:
-    path = SHARED_FIXTURES / "modelscope"
-    if not path.is_dir():
-        pytest.skip(f"shared fixtures not found at {path} (CI clones the repo with shared/ beside it)")
-    return path
+    """The tiny original-ModelScope checkpoint and the output the original implementation computed from it
+    (fixtures/modelscope/README.md)."""
+    return FIXTURES / "modelscope"

@@ -1,6 +1,6 @@
 """Helpers for the checkpoint tests: tiny diffusers reference models, inputs, and an independent diffusers ->
-original-ModelScope converter (written from the layout table in unet3d-spec.md 6b, separately from unet3d/layouts.py,
-and checked against the real-layout fixture in test_checkpoint_layouts.py)."""
+original-ModelScope converter (written from the original UNetSD module numbering, separately from
+unet3d/checkpoints/layouts.py, and checked against the real-layout fixture in test_checkpoint_layouts.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +12,7 @@ from typing import Dict
 import pytest
 import torch
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # checked-in data (fixtures/modelscope/README.md)
 
 # 3 levels, 2 layers, attention on levels 0-1 only: exercises part-1 and part-3 upsamplers and the op strides.
 TINY = dict(
@@ -100,7 +100,7 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
 
 
-# ---- diffusers -> original ModelScope layout (inverse of spec 6b) -----------------------------------------------
+# ---- diffusers -> original ModelScope layout (the inverse renaming) -----------------------------------------------
 
 _RESNET_BACK = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}

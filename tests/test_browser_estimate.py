@@ -135,7 +135,8 @@ def wait_for_text(page, node_type, predicate, what, timeout=60):
 def test_estimate_shows_on_the_node_and_follows_the_frame_count(server):
     playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright==1.65.2")
     request = urllib.request.Request(server["url"] + "/unet3d/estimate", headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"model": UNET_FILE, "frames": 24}).encode())
+                                     data=json.dumps({"latent": {"frames": 24}, "chain": [
+                                         {"type": "UNet3DLoader", "inputs": {"unet_name": UNET_FILE}}]}).encode())
     try:
         direct = json.loads(urllib.request.urlopen(request, timeout=30).read())
     except urllib.error.HTTPError as exc:

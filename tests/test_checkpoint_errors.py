@@ -6,12 +6,18 @@ import pickle
 
 import pytest
 import torch
+from helpers_checkpoint import diffusers_to_original, reference, single_thread  # noqa: F401 (fixture)
 from safetensors.torch import save_file
 
-from helpers_checkpoint import diffusers_to_original, reference, single_thread  # noqa: F401 (fixture)
 from unet3d import UNet3DConditionModel
-from unet3d.checkpoint_errors import (CheckpointError, CheckpointNotFoundError, CorruptCheckpointError,
-                                      StateDictMismatchError, UnsafeCheckpointError, WrongModelError)
+from unet3d.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    StateDictMismatchError,
+    UnsafeCheckpointError,
+    WrongModelError,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 load = UNet3DConditionModel.from_single_file

@@ -4,13 +4,23 @@ import json
 
 import pytest
 import torch
+from helpers_checkpoint import (  # noqa: F401
+    FIXTURES,
+    TINY_ODD,
+    count_temporal_transformers,
+    diffusers_model,
+    diffusers_to_original,
+    forward,
+    inputs_for,
+    reference,
+    rel_err,
+    single_thread,
+)
 from safetensors.torch import load_file, save_file
 
-from helpers_checkpoint import (FIXTURES, TINY_ODD, count_temporal_transformers, diffusers_model,  # noqa: F401
-                                diffusers_to_original, forward, inputs_for, reference, rel_err, single_thread)
 from unet3d import UNet3DConditionModel
-from unet3d.config_inference import infer_config
-from unet3d.layouts import ORIGINAL, original_to_diffusers, strip_prefix, unwrap
+from unet3d.checkpoints.config_inference import infer_config
+from unet3d.checkpoints.layouts import ORIGINAL, original_to_diffusers, strip_prefix, unwrap
 
 MS = FIXTURES / "modelscope"
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -18,8 +28,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def fixture_dir():
-    if not (MS / "tiny_ms_text2video_pytorch_model.pth").is_file():
-        pytest.skip(f"ModelScope fixture not found at {MS}; clone the shared/ folder beside the repository")
     return MS
 
 
@@ -200,7 +208,7 @@ def test_storage_dtype_kept_or_cast(tmp_path, dtype, suffix):
 
 def test_weights_are_assigned_not_copied(tmp_path, monkeypatch):
     """The model's parameters are the very tensors read from the file (no second copy of the weights)."""
-    import unet3d.checkpoint as checkpoint
+    import unet3d.checkpoints.state_dict as checkpoint
 
     read = diffusers_model(TINY_ODD).state_dict()
     monkeypatch.setattr(checkpoint, "read_weight_file", lambda path: read)
@@ -232,7 +240,7 @@ def test_helpers_reject_unknown_layout():
 
 # ---- the full ModelScope 1.7B / Zeroscope geometry, on meta tensors (no memory) --------------------------------
 
-SPEC_EXAMPLES = [  # unet3d-spec.md 6b worked examples: original key, shape, diffusers key, shape
+SPEC_EXAMPLES = [  # keys of the real ModelScope 1.7B release: original key, shape, diffusers key, shape
     ("time_embed.0.weight", (1280, 320), "time_embedding.linear_1.weight", (1280, 320)),
     ("input_blocks.0.1.proj_in.weight", (512, 320, 1), "transformer_in.proj_in.weight", (512, 320)),
     ("input_blocks.0.1.transformer_blocks.0.ff.net.0.proj.weight", (4096, 512),
@@ -260,7 +268,7 @@ SPEC_EXAMPLES = [  # unet3d-spec.md 6b worked examples: original key, shape, dif
 
 
 def test_full_size_mapping_matches_spec_examples():
-    from unet3d.config import DEFAULTS
+    from unet3d.network.config import DEFAULTS
 
     sd = UNet3DConditionModel(device="meta").state_dict()
     original = diffusers_to_original(sd, dict(DEFAULTS))

@@ -1,16 +1,16 @@
 """Config access, documented-but-broken-in-diffusers options, and validation errors that name the values."""
 import pytest
 import torch
+from parity_helpers import TINY, inputs, rel_err, twins
 
 import unet3d
-from parity_helpers import TINY, inputs, rel_err, twins
 
 
 def test_config_attribute_and_mapping_access():
     model = unet3d.UNet3DConditionModel(**TINY)
     assert model.config.block_out_channels == (32, 64) == model.config["block_out_channels"]
     assert model.config.sample_size is None and model.config["time_cond_proj_dim"] is None
-    assert list(model.config) == list(unet3d.config.DEFAULTS)
+    assert list(model.config) == list(unet3d.network.config.DEFAULTS)
     with pytest.raises(AttributeError, match="no field 'nope'"):
         model.config.nope
     with pytest.raises(AttributeError, match="read-only"):

@@ -1,17 +1,18 @@
-"""unet3d.estimate (memory of one UNet call) and unet3d.header (config from a checkpoint header, no weights)."""
+"""unet3d.memory.estimate (memory of one UNet call) and unet3d.checkpoints.summary (config from a checkpoint header,
+no weights)."""
 from __future__ import annotations
 
 import json
 import struct
-import time
 
 import pytest
 import torch
 
 from unet3d import UNet3DConditionModel
-from unet3d.checkpoint_errors import CheckpointError
-from unet3d.estimate import MemoryOptions, Workload, count_parameters, estimate
-from unet3d.header import PUBLISHED_PARAMETERS, read_safetensors_header, summarize_checkpoint
+from unet3d.checkpoints.summary import PUBLISHED_PARAMETERS, read_safetensors_header, summarize_checkpoint
+from unet3d.errors import CheckpointError
+from unet3d.memory.estimate import MemoryOptions, Workload, estimate
+from unet3d.network.parameters import count_parameters
 
 TINY = dict(block_out_channels=(32, 64), norm_num_groups=8, layers_per_block=1, cross_attention_dim=64,
             attention_head_dim=8, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
@@ -93,22 +94,19 @@ def write_sparse_safetensors(path, state_dict: dict, dtype: str = "F16", element
 
 
 @pytest.mark.parametrize("layout", ["diffusers", "original"])
-def test_full_size_header_is_read_in_well_under_a_second(tmp_path, layout):
+def test_full_size_header_gives_the_published_config_without_reading_weights(tmp_path, layout):
     from helpers_checkpoint import diffusers_to_original
 
     sd = meta_state_dict({})
     if layout == "original":
-        from unet3d.config import DEFAULTS
+        from unet3d.network.config import DEFAULTS
         sd = diffusers_to_original(sd, dict(DEFAULTS))
     path = tmp_path / "zeroscope.safetensors"
     write_sparse_safetensors(path, sd)
     assert path.stat().st_size > 2.8 * GB
-    start = time.perf_counter()
     summary = summarize_checkpoint(path)
     est = estimate(summary.config, ZEROSCOPE_576W, MemoryOptions(weight_dtype=summary.storage_dtype),
                    parameters=summary.parameters)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.5, f"header estimate took {elapsed:.2f}s"
     assert len(read_safetensors_header(path)) == 1480
     assert summary.parameters == PUBLISHED_PARAMETERS and summary.storage_dtype == "fp16"
     assert summary.config["block_out_channels"] == (320, 640, 1280, 1280)
@@ -149,14 +147,14 @@ def test_damaged_header_is_reported(tmp_path):
 
 
 def test_plan_names_the_cheapest_remedy_that_fits():
-    from unet3d.fit import plan
+    from unet3d.memory.fit import plan
 
     opts = MemoryOptions(weight_dtype="fp16")
     est = estimate({}, ZEROSCOPE_576W, opts)
     roomy = plan({}, ZEROSCOPE_576W, opts, est.total_bytes + 1)
     assert roomy["fits"] and not roomy["suggestions"]
     tight = plan({}, ZEROSCOPE_576W, opts, int(est.weight_bytes + 0.7 * est.activation_bytes))
-    assert tight["fits"] is False and tight["first_fit"].startswith("feed-forward chunking")
+    assert tight["fits"] is False and tight["first_fit"] == "ff_chunk"
     hopeless = plan({}, ZEROSCOPE_576W, opts, 10**8)
-    assert hopeless["first_fit"] is None and hopeless["suggestions"][-1]["label"].startswith("--lowvram")
+    assert hopeless["first_fit"] is None and hopeless["suggestions"][-1]["key"] == "stream_weights"
     assert plan({}, ZEROSCOPE_576W, opts, None)["fits"] is None

@@ -1,29 +1,13 @@
 """UNet3DFrameBatching's glue without a ComfyUI host: a stand-in ModelPatcher, the wrapper's slicing of ``c``
 (per-frame conds, per-chunk lists, num_video_frames), chaining, and clone semantics. The host tests run it for real."""
 import copy
-import importlib
-import sys
-import types
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from comfy_runner.offline import plugin_module
 
-
-def import_node_module():
-    """nodes/frame_batching.py under a throw-away package name, without running nodes/__init__.py (it needs comfy)."""
-    name = "_fb_plugin"
-    if name not in sys.modules:
-        for pkg, path in ((name, REPO), (f"{name}.nodes", REPO / "nodes")):
-            module = types.ModuleType(pkg)
-            module.__path__ = [str(path)]
-            sys.modules[pkg] = module
-    return importlib.import_module(f"{name}.nodes.frame_batching")
-
-
-fb = import_node_module()
+fb = plugin_module("nodes.frame_batching")
 
 
 class StandInPatcher:

@@ -3,9 +3,9 @@ import json
 
 import pytest
 import torch
+from helpers_checkpoint import FIXTURES, diffusers_to_original, forward, reference, rel_err, single_thread  # noqa: F401
 from safetensors.torch import load_file
 
-from helpers_checkpoint import FIXTURES, diffusers_to_original, forward, reference, rel_err, single_thread  # noqa: F401
 from unet3d import UNet3DConditionModel
 from unet3d.convert import main as convert_main
 
@@ -125,8 +125,6 @@ def test_convert_cli_reports_errors_and_help(tmp_path, capsys):
 
 def test_converted_fixture_loads_in_diffusers_to_original_output(tmp_path):
     ms = FIXTURES / "modelscope"
-    if not (ms / "tiny_ms_text2video_pytorch_model.pth").is_file():
-        pytest.skip(f"ModelScope fixture not found at {ms}; clone the shared/ folder beside the repository")
     assert convert_main([str(ms / "tiny_ms_text2video_pytorch_model.pth"), str(tmp_path / "unet")]) == 0
     io = load_file(ms / "tiny_ms_io.safetensors")
     oracle = _diffusers_load(tmp_path / "unet", torch_dtype=torch.float32)
@@ -147,7 +145,7 @@ def test_modelscope_release_folder_loads_its_pth(tmp_path):
 
 def test_default_weight_files_prefer_plain_weights_then_the_variant(tmp_path):
     """What the ComfyUI loader reads from a diffusers folder: never a plain file and a variant together."""
-    from unet3d.loading import default_weight_files
+    from unet3d.checkpoints.folders import default_weight_files
 
     (tmp_path / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"x")
     assert [p.name for p in default_weight_files(tmp_path)] == ["diffusion_pytorch_model.fp16.safetensors"]

@@ -11,7 +11,7 @@ from helpers_checkpoint import diffusers_to_original
 from parity_helpers import TINY, inputs, randomize_, rel_err
 
 import unet3d
-from unet3d.lora import LoraError, lora_delta, parse_for_model
+from unet3d.checkpoints.lora import LoraError, lora_delta, parse_for_model
 
 RANK = 2
 

@@ -3,9 +3,9 @@ import types
 
 import pytest
 import torch
+from parity_helpers import TINY, inputs, randomize_, rel_err, twins
 
 import unet3d
-from parity_helpers import TINY, inputs, randomize_, rel_err, twins
 
 
 def _model(**overrides):
@@ -145,5 +145,5 @@ def test_mask_with_sliced_attention_equals_unsliced():
     mask = torch.tensor([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]])
     base = _run(model, sample, 10, context, attention_mask=mask)
     for size in ("max", 3):
-        options = {"unet3d": {"attention_slice": size}}
-        assert rel_err(_run(model, sample, 10, context, attention_mask=mask, transformer_options=options), base) < 1e-6
+        options = {"attention_slice": size}
+        assert rel_err(_run(model, sample, 10, context, attention_mask=mask, call_options=options), base) < 1e-6

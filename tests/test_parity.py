@@ -1,7 +1,6 @@
 """Our UNet3DConditionModel against diffusers' on identical random weights (fp32, relative max error <= 1e-5)."""
 import pytest
 import torch
-
 from parity_helpers import TINY, inputs, rel_err, twins
 
 TOL = 1e-5

@@ -1,7 +1,6 @@
 """Attention slicing, feed-forward chunking, processors, fused projections, per-call options."""
 import pytest
 import torch
-
 from parity_helpers import TINY, inputs, rel_err, twins
 
 SLICE_TOL = 1e-6
@@ -95,9 +94,8 @@ def test_per_call_options_equal_methods_and_leave_module_untouched(pair):
     reference, ours, sample, context, base = pair
     state = {k: v.clone() for k, v in ours.state_dict().items()}
     processors = dict(ours.attn_processors)
-    options = {"unet3d": {"attention_slice": "max", "ff_chunk": (1, 1),
-                          "freeu": {"s1": 0.9, "s2": 0.2, "b1": 1.2, "b2": 1.4}}}
-    per_call = _run(ours, sample, context, transformer_options=options)
+    options = {"attention_slice": "max", "ff_chunk": (1, 1), "freeu": {"s1": 0.9, "s2": 0.2, "b1": 1.2, "b2": 1.4}}
+    per_call = _run(ours, sample, context, call_options=options)
     reference.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
     try:
         assert rel_err(per_call, _run(reference, sample, context)) <= 1e-5
@@ -112,7 +110,7 @@ def test_per_call_none_overrides_model_defaults(pair):
     _, ours, sample, context, base = pair
     ours.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
     try:
-        off = _run(ours, sample, context, transformer_options={"unet3d": {"freeu": None}})
+        off = _run(ours, sample, context, call_options={"freeu": None})
     finally:
         ours.disable_freeu()
     assert torch.equal(off, base)
@@ -121,7 +119,7 @@ def test_per_call_none_overrides_model_defaults(pair):
 def test_unknown_option_is_a_clear_error(pair):
     _, ours, sample, context, _ = pair
     with pytest.raises(ValueError, match="unknown keys \\['slicing'\\]"):
-        _run(ours, sample, context, transformer_options={"unet3d": {"slicing": "max"}})
+        _run(ours, sample, context, call_options={"slicing": "max"})
 
 
 def test_attention_fn_is_used_per_call(pair):
@@ -134,7 +132,7 @@ def test_attention_fn_is_used_per_call(pair):
             *(t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
         ).transpose(1, 2).reshape(q.shape)
 
-    got = _run(ours, sample, context, transformer_options={"unet3d": {"attention_fn": spy}})
+    got = _run(ours, sample, context, call_options={"attention_fn": spy})
     assert len(calls) == len(ours.attn_processors)
     assert rel_err(got, base) <= SLICE_TOL
 
@@ -173,7 +171,7 @@ def test_processor_api(pair):
         ours.set_attn_processor(DiffusersClassic())
         assert rel_err(_run(ours, sample, context), base) <= 1e-5
     finally:
-        from unet3d.attention import AttnProcessor2_0
+        from unet3d.network.attention import AttnProcessor2_0
 
         ours.set_attn_processor(AttnProcessor2_0())
     assert torch.equal(_run(ours, sample, context), base)

@@ -1,9 +1,9 @@
-"""Frame window layout and fuse weights (unet3d.windows): pure maths, no torch model, no ComfyUI."""
+"""Frame window layout and fuse weights (unet3d.video.windows): pure maths, no torch model, no ComfyUI."""
 import itertools
 
 import pytest
 
-from unet3d.windows import FUSE_METHODS, WindowSettings, frame_windows, stride_levels, window_starts
+from unet3d.video.windows import FUSE_METHODS, WindowSettings, frame_windows, stride_levels, window_starts
 
 LAYOUTS = [  # (num_frames, context_length, context_overlap, context_stride, closed_loop)
     (64, 24, 8, 1, False), (64, 24, 8, 1, True), (25, 24, 8, 1, False), (25, 24, 8, 1, True),

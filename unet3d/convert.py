@@ -11,12 +11,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import torch
-
-from .checkpoint_errors import CheckpointError
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-          "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+from .dtypes import WEIGHT_DTYPES, torch_dtype
+from .errors import CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output", type=Path, help="output folder (created; existing files are overwritten)")
     parser.add_argument("--config", type=Path, default=None,
                         help="config.json (or a folder containing one) describing the model; default: inferred")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    parser.add_argument("--dtype", choices=WEIGHT_DTYPES, default=None,
                         help="store the weights in this dtype; default: keep the input's dtype")
     parser.add_argument("--variant", default=None,
                         help="weight-file variant, e.g. fp16 -> diffusion_pytorch_model.fp16.safetensors")
@@ -49,11 +45,11 @@ def convert(input_path: Path, output: Path, config: Optional[Path] = None, dtype
     """Load ``input_path`` with full validation and write it as a diffusers folder; returns the weights path."""
     from .model import UNet3DConditionModel
 
-    torch_dtype = DTYPES[dtype] if dtype else None
+    cast = torch_dtype(dtype) if dtype else None
     if Path(input_path).is_dir() and config is None and attention_head_dim is None:
-        model = UNet3DConditionModel.from_pretrained(input_path, torch_dtype=torch_dtype)
+        model = UNet3DConditionModel.from_pretrained(input_path, torch_dtype=cast)
     else:
-        model = UNet3DConditionModel.from_single_file(input_path, config=config, torch_dtype=torch_dtype,
+        model = UNet3DConditionModel.from_single_file(input_path, config=config, torch_dtype=cast,
                                                       attention_head_dim=attention_head_dim)
     return model.save_pretrained(output, variant=variant)
 

@@ -2,7 +2,6 @@
 imported. ``host`` is comfy_runner.worker.Host. Return plain JSON data; tensors go to files under the tmp dirs."""
 import inspect
 import math
-import os
 
 import torch
 
@@ -62,6 +61,7 @@ def one_step_parity(host, prompt, split_batches=False):
     """One euler step of KSampler through ComfyUI vs the same step computed with the pure ``unet3d`` model on the
     same weights, noise and text embeddings. ``split_batches`` makes ComfyUI run cond and uncond separately."""
     import comfy.sample
+
     from unet3d import UNet3DConditionModel
 
     _run(host, _with_seed(prompt, prompt[SAMPLER]["inputs"]["seed"] + 1))   # loads everything (cached below)
@@ -144,7 +144,7 @@ def lowvram_equals_full(host, prompt):
     finally:
         LoadedModel.model_load = original
     mm.unload_all_models()
-    _run(host, _with_seed(prompt, seed + 1))                               # changes the input so the next prompt samples again
+    _run(host, _with_seed(prompt, seed + 1))            # changes the input so the next prompt samples again
     full = _run(host, prompt)
     return {"max_abs": float((low - full).abs().max()), "equal": bool(torch.equal(low, full)), **state}
 

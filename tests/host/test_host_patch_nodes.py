@@ -110,7 +110,8 @@ def test_stacking_in_any_order_and_the_later_node_wins(host):
     for order, seen in r["orders"].items():
         assert seen == {"keys": ["attention_slice", "ff_chunk", "freeu"], "parents_untouched": True}, order
     assert r["repeated"] == {"attention_slice": 2, "ff_chunk": [1, 0]}
-    assert r["comfy_then_diffusers"] == {"freeu": {"s1": 0.9, "s2": 0.2, "b1": 1.2, "b2": 1.4}, "patches": 0}
+    # the deprecated comfy mode is core FreeU (a patch of its own): a later diffusers-mode node adds to it
+    assert r["comfy_then_diffusers"] == {"freeu": {"s1": 0.9, "s2": 0.2, "b1": 1.2, "b2": 1.4}, "patches": 1}
     assert r["diffusers_then_comfy"] == {"freeu": None, "patches": 1}
     assert r["base_untouched"]
 

@@ -1,25 +1,34 @@
 // UNet3D memory estimate in the graph: "≈ 5.3 GB peak of 7.6 GB free — fits" on this pack's nodes.
 //
 // For every "Empty UNet3D Video Latent", the extension follows the graph as wired (latent -> sampler -> model
-// chain -> loader), collects the settings that change memory (size, frames, batch, cfg, weight dtype, slicing,
-// chunking, frame batching), asks the server (POST /unet3d/estimate) and shows the answer as a small text widget
-// on the latent node and on every UNet3D node of its model chain. The latent node also shows the duration of its
-// frames at the node's "fps" property (default 8). The graph is re-read twice a second and only a changed request
-// is sent. Works with the March 2024 frontend and with comfyui-frontend-package (both serve /scripts/app.js; this file is served at /extensions/<pack>/js/).
+// chain) and sends the widget values of those nodes, by name, to the server (POST /unet3d/estimate). The server reads
+// them with the nodes' own input definitions (nodes/estimate_request.py), so nothing here knows what an input means.
+// The answer is shown as a text widget on the latent node and on every node of this pack in its model chain; the
+// latent node also shows the duration of its frames at its "fps" property (default 8).
+//
+// Driven by events, not polling: a widget change, a link change, a node added or removed, or a graph loaded
+// schedules one refresh (coalesced), and only a changed request is sent. This pack's nodes are recognised by their
+// category ("video/unet3d..."), so a new node needs no change here. Works with the March 2024 frontend and with
+// comfyui-frontend-package (both serve /scripts/app.js; this file is served at /extensions/<pack>/js/).
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
-const OURS = new Set(["UNet3DLoader", "UNet3DEmptyLatentVideo", "UNet3DFrameBatching", "UNet3DFreeU",
-  "UNet3DAttentionSlicing", "UNet3DForwardChunking"]);
-const SAMPLERS = new Set(["KSampler", "KSamplerAdvanced", "SamplerCustom"]);
+const CATEGORY = "video/unet3d";
+const LATENT = "UNet3DEmptyLatentVideo";
 const WIDGET = "unet3d_estimate";
-const POLL_MS = 500;
 const DEFAULT_FPS = 8;
-const lastRequest = new Map();   // latent node id -> JSON of its last request
+const SETTLE_MS = 150;
+const MUTED = 2, BYPASSED = 4;
+const ours = new Set();            // node types of this pack, from their category
+const lastRequest = new Map();     // latent node id -> JSON of its last request
+let pending = null;
 
-function value(node, name, fallback) {
-  const widget = node?.widgets?.find((w) => w.name === name);
-  return widget === undefined ? fallback : widget.value;
+function widgetValues(node) {
+  const values = {};
+  for (const widget of node?.widgets || []) {
+    if (widget.name !== WIDGET && widget.type !== "button" && widget.value !== undefined) values[widget.name] = widget.value;
+  }
+  return values;
 }
 
 function inputNode(node, name) {
@@ -31,13 +40,16 @@ function outputNodes(node) {
   return (node.outputs || []).flatMap((_, i) => node.getOutputNodes(i) || []);
 }
 
-// The loader and patch nodes upstream of a MODEL input (any node with a "model" input is walked through).
-function modelChain(start) {
+// The sampler a latent feeds: the first downstream node with a "model" input and a "latent_image" input.
+function samplerOf(latent) {
+  return outputNodes(latent).find((n) => n.mode !== MUTED && inputNode(n, "model") && (n.inputs || []).some((i) => i.name === "latent_image"));
+}
+
+// Every node on the MODEL path upstream of the sampler, nearest first (muted / bypassed nodes are stepped over).
+function modelChain(sampler) {
   const chain = [];
-  for (let node = start, steps = 0; node && steps < 64; steps++) {
-    if (node.mode === 2 || node.mode === 4) { node = inputNode(node, "model"); continue; }  // muted / bypassed
-    chain.push(node);
-    if (node.type === "UNet3DLoader") break;
+  for (let node = inputNode(sampler, "model"), steps = 0; node && steps < 64; steps++) {
+    if (node.mode !== MUTED && node.mode !== BYPASSED) chain.push(node);
     node = inputNode(node, "model");
   }
   return chain;
@@ -74,10 +86,16 @@ function estimateWidget(node) {
   return widget;
 }
 
+function durationText(latent) {
+  const frames = widgetValues(latent).frames || 0;
+  const fps = Number(latent.properties?.fps) || DEFAULT_FPS;
+  return `${frames} frames = ${(frames / fps).toFixed(1)} s at ${fps} fps`;
+}
+
 function show(nodes, text, ok) {
   for (const node of nodes) {
     const widget = estimateWidget(node);
-    widget.value = node.type === "UNet3DEmptyLatentVideo" ? `${durationText(node)}\n${text}` : text;
+    widget.value = node.type === LATENT ? `${durationText(node)}\n${text}` : text;
     widget.color = ok === false ? "#e88" : ok ? "#8c8" : "#bbb";
     const size = node.computeSize();
     if (size[1] > node.size[1]) node.setSize([Math.max(node.size[0], size[0]), size[1]]);
@@ -85,47 +103,17 @@ function show(nodes, text, ok) {
   app.graph.setDirtyCanvas(true, true);
 }
 
-function durationText(latent) {
-  const frames = value(latent, "frames", 0);
-  const fps = Number(latent.properties?.fps) || DEFAULT_FPS;
-  return `${frames} frames = ${(frames / fps).toFixed(1)} s at ${fps} fps`;
-}
-
-// The request for one latent node, and the UNet3D nodes that show its answer.
-function requestFor(latent) {
-  const sampler = outputNodes(latent).find((n) => SAMPLERS.has(n.type));
-  const chain = sampler ? modelChain(inputNode(sampler, "model")) : [];
-  const loader = chain.find((n) => n.type === "UNet3DLoader")
-    || app.graph._nodes.find((n) => n.type === "UNet3DLoader");
-  const find = (type) => chain.find((n) => n.type === type);
-  const request = {
-    model: value(loader, "unet_name", null), weight_dtype: value(loader, "weight_dtype", "default"),
-    frames: value(latent, "frames", 24), width: value(latent, "width", 576), height: value(latent, "height", 320),
-    batch: value(latent, "batch_size", 1), cfg: sampler ? value(sampler, "cfg", 7.5) : 7.5,
-    attention_slice: null, ff_chunk: null, frame_batching: null,
-  };
-  const slicing = find("UNet3DAttentionSlicing");
-  if (slicing) request.attention_slice = value(slicing, "slice_size", "auto");
-  const chunking = find("UNet3DForwardChunking");
-  if (chunking) request.ff_chunk = { chunk_size: value(chunking, "chunk_size", 1), dim: value(chunking, "dim", "sequence") };
-  const batching = find("UNet3DFrameBatching");
-  if (batching) {
-    request.frame_batching = {};
-    for (const key of ["context_length", "context_overlap", "context_stride", "closed_loop", "max_batch_rows"]) {
-      request.frame_batching[key] = value(batching, key, undefined);
-    }
-  }
-  const shown = [latent, ...chain.filter((n) => OURS.has(n.type))];
-  if (loader && !shown.includes(loader)) shown.push(loader);
-  return { request, shown, loader };
-}
-
 async function refreshLatent(latent) {
-  const { request, shown, loader } = requestFor(latent);
+  const sampler = samplerOf(latent);
+  const chain = sampler ? modelChain(sampler) : [];
+  const request = { latent: widgetValues(latent), chain: chain.map((n) => ({ type: n.type, inputs: widgetValues(n) })) };
+  const samplerValues = widgetValues(sampler);
+  if (typeof samplerValues.cfg === "number") request.cfg = samplerValues.cfg;
+  const shown = [latent, ...chain.filter((n) => ours.has(n.type))];
   const key = JSON.stringify(request);
   if (lastRequest.get(latent.id) === key) return;
   lastRequest.set(latent.id, key);
-  if (!loader || !request.model) { show(shown, "memory: connect a Load UNet3D Model", null); return; }
+  if (!chain.some((n) => n.type === "UNet3DLoader")) { show(shown, "memory: connect a sampler and a Load UNet3D Model", null); return; }
   try {
     const response = await api.fetchApi("/unet3d/estimate", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: key,
@@ -141,22 +129,57 @@ async function refreshLatent(latent) {
 }
 
 function refreshAll() {
-  const graph = app.graph;
-  if (!graph?._nodes) return;
-  for (const node of graph._nodes) {
-    if (node.type === "UNet3DEmptyLatentVideo" && node.mode !== 2 && node.mode !== 4) refreshLatent(node);
+  pending = null;
+  for (const latent of app.graph?.findNodesByType?.(LATENT) || []) {
+    if (latent.mode !== MUTED && latent.mode !== BYPASSED) refreshLatent(latent);
   }
+}
+
+function scheduleRefresh() {
+  if (pending === null) pending = setTimeout(refreshAll, SETTLE_MS);
+}
+
+// Any widget change or link change on any node can change an estimate (a sampler's cfg, a patch node's setting).
+function watch(node) {
+  for (const widget of node.widgets || []) {
+    if (widget.name === WIDGET || widget.unet3dWatched) continue;
+    const callback = widget.callback;
+    widget.callback = function () { const out = callback?.apply(this, arguments); scheduleRefresh(); return out; };
+    widget.unet3dWatched = true;
+  }
+  const onConnectionsChange = node.onConnectionsChange;
+  node.onConnectionsChange = function () { const out = onConnectionsChange?.apply(this, arguments); scheduleRefresh(); return out; };
+  const onWidgetChanged = node.onWidgetChanged;
+  node.onWidgetChanged = function () { const out = onWidgetChanged?.apply(this, arguments); scheduleRefresh(); return out; };
 }
 
 app.registerExtension({
   name: "unet3d.memoryEstimate",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (String(nodeData?.category || "").startsWith(CATEGORY)) ours.add(nodeData.name);
+  },
   async setup() {
-    setInterval(refreshAll, POLL_MS);
+    const graph = app.graph;
+    for (const hook of ["onNodeAdded", "onNodeRemoved"]) {
+      const previous = graph[hook];
+      graph[hook] = function (node) { const out = previous?.apply(this, arguments); if (hook === "onNodeAdded") watch(node); scheduleRefresh(); return out; };
+    }
+    scheduleRefresh();
   },
   async nodeCreated(node) {
-    if (node.type === "UNet3DEmptyLatentVideo") {
+    if (node.type === LATENT) {
       node.properties = node.properties || {};
       if (node.properties.fps === undefined) node.properties.fps = DEFAULT_FPS;
     }
+    watch(node);
+    scheduleRefresh();
+  },
+  async loadedGraphNode(node) {
+    watch(node);
+    scheduleRefresh();
+  },
+  async afterConfigureGraph() {
+    lastRequest.clear();
+    scheduleRefresh();
   },
 });

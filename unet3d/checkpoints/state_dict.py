@@ -1,7 +1,7 @@
-"""From weight files to a loaded model: read safely, normalise to diffusers names, check against the model, assign.
+"""State dicts: read weight files safely into diffusers names, compare them with a model, assign them into it.
 
-The model is built on the ``meta`` device by the caller and the file's tensors are assigned into it, so the weights
-exist once in memory (memory-mapped for zip ``.pth`` files, read straight into tensors for safetensors).
+The model is built on the ``meta`` device and the file's tensors are assigned into it, so the weights exist once in
+memory (memory-mapped for zip ``.pth`` files, read straight into tensors for safetensors).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
-from .checkpoint_errors import StateDictMismatchError
+from ..errors import StateDictMismatchError
 from .layouts import ORIGINAL, check_is_unet3d, original_to_diffusers, strip_prefix, unwrap
 from .safe_io import cast_floating, read_weight_file
 
@@ -89,10 +89,10 @@ def assign_state_dict(model: torch.nn.Module, sd: Dict[str, torch.Tensor], sourc
     return model.eval()
 
 
-def build_on_meta(cls: Any, config: Mapping[str, Any]) -> torch.nn.Module:
-    """Instantiate ``cls(**config)`` without allocating weights."""
+def build_on_meta(cls: Any, config: Mapping[str, Any], **kwargs: Any) -> torch.nn.Module:
+    """Instantiate ``cls(**config, **kwargs)`` without allocating weights."""
     try:
-        return cls(**config, device="meta")
+        return cls(**config, **kwargs, device="meta")
     except TypeError as exc:
         if "device" not in str(exc):
             raise

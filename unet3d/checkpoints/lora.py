@@ -32,6 +32,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from ..errors import LoraError
 from .layouts import map_original_key, unwrap
 
 log = logging.getLogger("unet3d")
@@ -64,10 +65,6 @@ _UNSUPPORTED = (
     (re.compile(r"\.bias$"), "trained biases (stable_lora lora_bias='all'/'lora_only')"),
 )
 _ROLE = {"A": "down", "B": "up", "down": "down", "up": "up", "alpha": "alpha"}
-
-
-class LoraError(ValueError):
-    """A LoRA file cannot be applied to this UNet3D. The message names the file, shows keys and says what works."""
 
 
 @dataclass(frozen=True)
@@ -270,8 +267,8 @@ def needs_dense_delta(pair: LoraPair, shape: Sequence[int]) -> bool:
 
 def canonical_lora(parsed: ParsedLora, base_shapes: Mapping[str, Sequence[int]]) -> Dict[str, torch.Tensor]:
     """The LoRA as ``<module>.lora_up.weight`` / ``.lora_down.weight`` / ``.alpha`` entries keyed by the model's own
-    module names (``<module>.diff`` holds a dense delta where factors cannot express it): the layout ComfyUI's
-    ``comfy.lora.load_lora`` reads in every version."""
+    module names (``<module>.diff`` holds a dense delta where factors cannot express it): the kohya-style layout that
+    LoRA appliers in other tools read."""
     out: Dict[str, torch.Tensor] = {}
     for base, pair in parsed.pairs.items():
         name = base[:-len(".weight")]

@@ -1,8 +1,10 @@
 """State-dict layouts: unwrapping, prefix stripping, recognising what a checkpoint is, and mapping the original
 ModelScope / Zeroscope names (``input_blocks`` / ``middle_block`` / ``output_blocks``) to diffusers names.
 
-Pure functions on ``{name: tensor}`` dicts; nothing here reads files or builds models. The mapping follows
-unet3d-spec.md section 6b (rules R1-R12, reshape rule S1).
+Pure functions on ``{name: tensor}`` dicts; nothing here reads files or builds models. The original UNetSD numbers
+its encoder ``input_blocks.<i>`` (0: conv_in + transformer_in; then per level ``layers_per_block`` layers and one
+downsampler ``op``), each layer ``.0`` ResBlock (with its ``temopral_conv``), ``.1`` spatial and ``.2`` temporal
+transformer; ``middle_block.0..3``; the decoder ``output_blocks.<i>`` likewise (upsamplers under ``.conv``).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
-from .checkpoint_errors import CheckpointError, WrongModelError
+from ..errors import CheckpointError, WrongModelError
 
 DIFFUSERS = "diffusers"
 ORIGINAL = "original"  # ModelScope UNetSD names, as in text2video_pytorch_model.pth
@@ -235,7 +237,7 @@ def _attention_or_resnet(target: str, part: int, j: int, rest: str, key: str) ->
 
 
 def _squeeze_projection(name: str, tensor: torch.Tensor) -> torch.Tensor:
-    """Rule S1: Conv1d (out, in, 1) projections of temporal transformers become Linear (out, in) weights. A 1x1
+    """Conv1d (out, in, 1) projections of temporal transformers become Linear (out, in) weights. A 1x1
     Conv2d projection is equivalent too, so (out, in, 1, 1) is accepted the same way."""
     projection = name.endswith(("proj_in.weight", "proj_out.weight"))
     if projection and tensor.ndim > 2 and all(s == 1 for s in tensor.shape[2:]):

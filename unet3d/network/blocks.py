@@ -1,11 +1,11 @@
 """The 3-D UNet blocks: each layer is resnet -> temporal conv [-> spatial transformer -> temporal transformer].
 
-Down blocks return their output and the tuple of skip features; up blocks consume skips last-first, concatenating
-``[hidden, skip]`` on channels after the host's ``output_block_patch`` hooks and FreeU have had their turn.
+Down blocks return their output and the list of skip features; up blocks consume skips last-first, concatenating
+``[hidden, skip]`` on channels after the caller's hooks (``unet3d.network.hooks``) and FreeU have had their turn.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -52,17 +52,18 @@ class DownBlock3D(_Layers):
         self.downsamplers = (nn.ModuleList([Downsample2D(out_channels, downsample_padding, **factory)])
                              if add_downsample else None)
 
+    first_skip = 0  # index of this block's first skip in the whole encoder (set by the model, for hooks)
+
     def forward(self, h, temb, context=None, mask=None, num_frames=1, opts: CallOptions = NO_OPTIONS,
-                xattn_kwargs=None, after_layer: Optional[Callable] = None):
-        """``after_layer(h) -> (skip, h)`` lets the caller run hooks on each layer output (ComfyUI input patches)."""
+                xattn_kwargs=None):
         skips = []
         for i in range(len(self.resnets)):
             h = self._layer(i, h, temb, context, mask, num_frames, opts, xattn_kwargs)
-            skip, h = after_layer(h) if after_layer else (h, h)
+            skip, h = opts.hooks.encoder_skip(h, self.first_skip + len(skips))
             skips.append(skip)
         if self.downsamplers is not None:
             h = self.downsamplers[0](h)
-            skip, h = after_layer(h) if after_layer else (h, h)
+            skip, h = opts.hooks.encoder_skip(h, self.first_skip + len(skips))
             skips.append(skip)
         return h, skips
 
@@ -102,14 +103,15 @@ class UpBlock3D(_Layers):
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels, **factory)]) if add_upsample else None
         self.resolution_idx = resolution_idx
 
+    first_concat = 0  # index of this block's first concatenation in the whole decoder (set by the model)
+
     def forward(self, h, skips: List[torch.Tensor], temb, context=None, mask=None, num_frames=1,
                 opts: CallOptions = NO_OPTIONS, xattn_kwargs=None, upsample_size=None,
-                freeu: Optional[dict] = None, before_concat: Optional[Callable] = None):
+                freeu: Optional[dict] = None):
         stage = freeu_stage(self.resolution_idx, freeu)
         for i in range(len(self.resnets)):
             skip = skips[-1 - i]  # last first; the list is not consumed (checkpoint recomputation replays this)
-            if before_concat is not None:
-                h, skip = before_concat(h, skip)
+            h, skip = opts.hooks.decoder_concat(h, skip, self.first_concat + i)
             if stage is not None:
                 h, skip = apply_freeu(h, skip, *stage)
             h = torch.cat([h, skip], dim=1)

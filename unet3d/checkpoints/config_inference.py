@@ -12,7 +12,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from .checkpoint_errors import CheckpointError
+from ..errors import CheckpointError
 
 TRANSFORMER_IN_HEADS = 8  # fixed by the architecture (diffusers and the original UNetSD)
 DEFAULT_HEAD_DIM = 64

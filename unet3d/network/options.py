@@ -1,74 +1,80 @@
-"""Per-call options: what a host switches for one forward call without touching the shared module.
+"""Per-call options: what a caller switches for one forward call without touching the shared module.
 
-``forward(..., transformer_options=...)`` takes ComfyUI's mapping shape: the host's own keys (``patches``,
-``block``, ``cond_or_uncond``...) plus this package's keys under ``transformer_options["unet3d"]``:
+``forward(..., call_options=...)`` takes a :class:`CallOptions` or a mapping with any of these keys:
 
 - ``attention_slice``: ``"auto"`` | ``"max"`` | int, as ``set_attention_slice`` (per call, overrides the processors)
 - ``ff_chunk``: ``(chunk_size, dim)``, as ``enable_forward_chunking``; ``None`` turns chunking off for the call
 - ``freeu``: ``{"s1", "s2", "b1", "b2"}`` as ``enable_freeu``; ``None`` turns FreeU off for the call
 - ``attention_fn``: ``fn(q, k, v, heads, mask=None)`` on ``(batch, tokens, heads*dim)`` tensors; ``mask`` is None or
-  a bool ``(batch, 1, kv_tokens)`` tensor, True = attend.
+  a bool ``(batch, 1, kv_tokens)`` tensor, True = attend
+- ``hooks``: a :class:`unet3d.network.hooks.UNetHooks` called at the encoder skips and decoder concatenations
 
 A key that is absent means "use the model's defaults" (set by the diffusers-style methods).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Tuple
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
-_UNSET = object()
+from .hooks import NO_HOOKS, UNetHooks
+
+UNSET: Any = type("Unset", (), {"__repr__": lambda self: "UNSET"})()
 
 
 @dataclass(frozen=True)
 class CallOptions:
-    attention_slice: Any = _UNSET
-    ff_chunk: Any = _UNSET
-    freeu: Any = _UNSET
+    attention_slice: Any = UNSET
+    ff_chunk: Any = UNSET
+    freeu: Any = UNSET
     attention_fn: Optional[Callable] = None
-    transformer_options: Optional[dict] = None
-
-    @property
-    def patches(self) -> Mapping[str, list]:
-        return (self.transformer_options or {}).get("patches", {}) or {}
+    hooks: UNetHooks = NO_HOOKS
 
     def override_slice(self) -> bool:
-        return self.attention_slice is not _UNSET
+        return self.attention_slice is not UNSET
 
     def override_chunk(self) -> bool:
-        return self.ff_chunk is not _UNSET
+        return self.ff_chunk is not UNSET
 
     def override_freeu(self) -> bool:
-        return self.freeu is not _UNSET
+        return self.freeu is not UNSET
 
 
 NO_OPTIONS = CallOptions()
+_KEYS = tuple(f.name for f in fields(CallOptions))
 
 
-def from_transformer_options(transformer_options: Optional[dict]) -> CallOptions:
-    if not transformer_options:
+def parse_call_options(value: Union[None, CallOptions, Mapping[str, Any]]) -> CallOptions:
+    """Validate a mapping (or pass a ready CallOptions through); ValueError names the bad key or value."""
+    if value is None:
         return NO_OPTIONS
-    ours = transformer_options.get("unet3d") or {}
-    unknown = sorted(set(ours) - {"attention_slice", "ff_chunk", "freeu", "attention_fn"})
+    if isinstance(value, CallOptions):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"call_options must be a CallOptions or a mapping with keys {list(_KEYS)}, got "
+                         f"{type(value).__name__}")
+    unknown = sorted(set(value) - set(_KEYS))
     if unknown:
-        raise ValueError(f"transformer_options['unet3d'] has unknown keys {unknown}; valid: attention_slice, "
-                         f"ff_chunk, freeu, attention_fn")
-    chunk = ours.get("ff_chunk", _UNSET)
-    if chunk is not _UNSET and chunk is not None:
+        raise ValueError(f"call_options has unknown keys {unknown}; valid: {', '.join(_KEYS)}")
+    chunk = value.get("ff_chunk", UNSET)
+    if chunk is not UNSET and chunk is not None:
         chunk = validate_chunking(*chunk)
-    slice_size = ours.get("attention_slice", _UNSET)
-    if slice_size is not _UNSET and slice_size is not None:
+    slice_size = value.get("attention_slice", UNSET)
+    if slice_size is not UNSET and slice_size is not None:
         validate_slice_value(slice_size)
-    freeu = ours.get("freeu", _UNSET)
-    if freeu is not _UNSET and freeu is not None:
+    freeu = value.get("freeu", UNSET)
+    if freeu is not UNSET and freeu is not None:
         freeu = validate_freeu(**freeu)
-    return CallOptions(slice_size, chunk, freeu, ours.get("attention_fn"), transformer_options)
+    hooks = value.get("hooks") or NO_HOOKS
+    if not isinstance(hooks, UNetHooks):
+        raise ValueError(f"call_options['hooks'] must be a UNetHooks, got {type(hooks).__name__}")
+    return CallOptions(slice_size, chunk, freeu, value.get("attention_fn"), hooks)
 
 
 def validate_chunking(chunk_size: Optional[int] = None, dim: int = 0) -> Tuple[int, int]:
     if dim not in (0, 1):
         raise ValueError(f"forward chunking `dim` must be 0 (batch) or 1 (sequence), got {dim!r}")
     chunk_size = 1 if chunk_size is None else chunk_size
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"forward chunking `chunk_size` must be a positive integer, got {chunk_size!r}")
     return chunk_size, dim
 
@@ -101,6 +107,6 @@ def slice_size_for(value: Any, heads: int) -> Optional[int]:
 def validate_freeu(s1: float, s2: float, b1: float, b2: float) -> dict:
     values = {"s1": s1, "s2": s2, "b1": b1, "b2": b2}
     for key, value in values.items():
-        if not isinstance(value, (int, float)) or value != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise ValueError(f"FreeU `{key}` must be a number, got {value!r}")
     return values

@@ -1,7 +1,7 @@
 """Reading and writing weight files without ever running code from them.
 
-* ``.safetensors``: read with the ``safetensors`` library; the header is checked against the file size first so a
-  truncated download gets a clear message instead of a parser error.
+* ``.safetensors``: read with the ``safetensors`` library; the header is checked first
+  (``unet3d.checkpoints.safetensors_header``), so a truncated download gets a clear message instead of a parser error.
 * Pickle-based files (``.pth``, ``.pt``, ``.bin``, ``.ckpt``): ``torch.load(weights_only=True)`` only, memory-mapped
   when the file is in torch's zip format. A pickle that asks for anything but tensors and plain containers is refused
   (torch's restricted unpickler raises before any of it runs) and we say so, naming the file.
@@ -10,7 +10,6 @@ The format is recognised from the file's first bytes, not its suffix, because re
 """
 from __future__ import annotations
 
-import json
 import pickle
 import re
 import struct
@@ -20,7 +19,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
-from .checkpoint_errors import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
+from .safetensors_header import looks_like_safetensors, read_header
 
 PathLike = Union[str, Path]
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt")
@@ -38,12 +38,12 @@ def sniff_format(path: Path) -> str:
         return "pickle"
     if head[:4] == b"GGUF":
         return "gguf"
-    if len(head) >= 9 and head[8:9] == b"{":
+    if looks_like_safetensors(head):
         return "safetensors"
     return "unknown"
 
 
-def _check_readable_file(path: Path) -> int:
+def check_readable_file(path: Path) -> int:
     if not path.exists():
         raise CheckpointNotFoundError(f"Checkpoint not found: {path} does not exist.")
     if path.is_dir():
@@ -61,10 +61,10 @@ def read_weight_file(path: PathLike) -> Any:
     """The object stored in a weight file: a dict of tensors for safetensors, whatever (restricted) the pickle holds
     otherwise. Pickle-based tensors may be memory-mapped views of the file."""
     path = Path(path)
-    size = _check_readable_file(path)
+    size = check_readable_file(path)
     kind = sniff_format(path)
     if kind == "safetensors":
-        return _read_safetensors(path, size)
+        return _read_safetensors(path)
     if kind == "torch-zip" and not zipfile.is_zipfile(path):
         raise CorruptCheckpointError(f"{path} is truncated or corrupt: it starts like a PyTorch zip checkpoint but "
                                      f"the zip directory at its end is missing ({size} bytes). Download it again.")
@@ -83,29 +83,10 @@ def _first_bytes(path: Path) -> bytes:
         return f.read(12)
 
 
-def _truncation_problem(path: Path, size: int) -> Optional[str]:
-    """Why a safetensors file cannot be complete, judged from its header, or None if the sizes add up."""
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        if header_len + 8 > size:
-            return f"header says {header_len} bytes of metadata but the file has only {size} bytes"
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return f"its header is not valid JSON ({exc})"
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
-    needed = 8 + header_len + max(ends, default=0)
-    if needed > size:
-        return f"the header describes {needed} bytes but the file has only {size} (truncated download?)"
-    return None
-
-
-def _read_safetensors(path: Path, size: int) -> Dict[str, torch.Tensor]:
+def _read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
     from safetensors import safe_open
 
-    problem = _truncation_problem(path, size)
-    if problem:
-        raise CorruptCheckpointError(f"{path} is truncated or corrupt: {problem}. Download the file again.")
+    read_header(path)  # every entry checked against the file size first: a clear message for damaged files
     try:
         try:  # safetensors >= 0.8: pread reads straight into tensor memory, no page-cache mapping counted twice
             handle = safe_open(str(path), framework="pt", device="cpu", backend="pread")

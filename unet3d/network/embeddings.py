@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .resnet import activation
+from .activations import activation
 
 
 def timestep_sinusoid(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 * ``.safetensors``: the JSON header alone (names, shapes, dtypes; 8 bytes of length + the header), turned into meta
   tensors (no data) so the same layout detection, ModelScope -> diffusers renaming and config inference as loading
-  apply (``unet3d.layouts``, ``unet3d.config_inference``).
+  apply (``layouts``, ``config_inference`` in this package).
 * a diffusers folder (``config.json`` [+ weights]) or a pipeline folder with ``unet/``: the config.json; the storage
   dtype from a safetensors header when there is one, else from the ``.fp16`` variant name.
 * pickle files (``.pth``/``.bin``/``.ckpt``) cannot be read without unpickling them: a file whose size matches the
@@ -11,24 +11,24 @@
 """
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import torch
 
-from .checkpoint_errors import CheckpointError
-from .config import UNet3DConfig
+from ..dtypes import from_safetensors
+from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from ..network.config import UNet3DConfig
+from ..network.parameters import count_parameters
 from .config_inference import infer_config
-from .estimate import count_parameters
+from .folders import default_weight_files
 from .layouts import ORIGINAL, check_is_unet3d, detect_layout, original_to_diffusers, strip_prefix
+from .loading import explicit_config, validated_config
+from .safe_io import check_readable_file, read_weight_file, sniff_format
+from .safetensors_header import read_header
 
-MAX_HEADER_BYTES = 100 * 2**20
-SAFETENSORS_DTYPES = {"F64": "fp64", "F32": "fp32", "F16": "fp16", "BF16": "bf16", "F8_E4M3": "fp8_e4m3fn",
-                      "F8_E5M2": "fp8_e5m2", "I64": "int64", "I32": "int32", "U8": "uint8", "BOOL": "bool"}
-PUBLISHED_PARAMETERS = 1_411_233_860          # ModelScope 1.7B = Zeroscope v2 576w = Zeroscope v2 XL (spec 6c)
+PUBLISHED_PARAMETERS = 1_411_233_860          # ModelScope 1.7B = Zeroscope v2 576w = Zeroscope v2 XL
 SIZE_TOLERANCE = 0.01                         # pickle framing adds well under 1%
 
 
@@ -42,22 +42,8 @@ class CheckpointSummary:
 
 
 def read_safetensors_header(path: Union[str, Path]) -> Dict[str, Tuple[Tuple[int, ...], str]]:
-    """name -> (shape, safetensors dtype) from the header; reads only the header bytes."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        raw_len = f.read(8)
-        if len(raw_len) != 8:
-            raise CheckpointError(f"{path} is too short to be a safetensors file ({len(raw_len)} bytes)")
-        (length,) = struct.unpack("<Q", raw_len)
-        if length > MAX_HEADER_BYTES or length > path.stat().st_size - 8:
-            raise CheckpointError(f"{path}: safetensors header length {length} is impossible for a file of "
-                                  f"{path.stat().st_size} bytes; the file is damaged or not safetensors")
-        try:
-            header = json.loads(f.read(length))
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({exc}); download it again")
-    return {name: (tuple(entry["shape"]), entry["dtype"]) for name, entry in header.items()
-            if name != "__metadata__"}
+    """name -> (shape, safetensors dtype code) from the checked header; reads only the header bytes."""
+    return {name: (entry.shape, entry.dtype) for name, entry in read_header(path).entries.items()}
 
 
 def config_from_shapes(shapes: Mapping[str, Tuple[int, ...]], source: str = "checkpoint") -> Tuple[UNet3DConfig, int]:
@@ -71,12 +57,13 @@ def config_from_shapes(shapes: Mapping[str, Tuple[int, ...]], source: str = "che
     return config, sum(t.numel() for t in metas.values())
 
 
-def _dominant_dtype(dtypes) -> str:
+def _dominant_dtype(dtypes: Iterable[Tuple[int, str]]) -> str:
+    """The floating dtype holding the most elements, from (numel, safetensors code) pairs."""
     counts: Dict[str, int] = {}
-    for numel, dtype in dtypes:
-        name = SAFETENSORS_DTYPES.get(dtype, dtype.lower())
-        if name.startswith(("fp", "bf")):
-            counts[name] = counts.get(name, 0) + numel
+    for numel, code in dtypes:
+        known = from_safetensors(code)
+        if known is not None and known.floating:
+            counts[known.name] = counts.get(known.name, 0) + numel
     return max(counts, key=counts.get) if counts else "fp32"
 
 
@@ -102,15 +89,15 @@ def _unet_folder(path: Path) -> Path:
 
 def summarize_folder(path: Path) -> CheckpointSummary:
     folder = _unet_folder(path)
-    raw = json.loads((folder / "config.json").read_text())
-    if raw.get("_class_name", "UNet3DConditionModel") != "UNet3DConditionModel":
-        raise CheckpointError(f"{folder}/config.json describes a {raw['_class_name']}, not a UNet3DConditionModel")
-    config, _ignored = UNet3DConfig.from_dict(raw)
-    weights = sorted(folder.glob("diffusion_pytorch_model*.safetensors"))
-    dtype = "fp16" if any(".fp16." in w.name for w in folder.glob("diffusion_pytorch_model*")) else "fp32"
-    if weights:
-        plain = [w for w in weights if ".fp16." not in w.name] or weights
-        dtype = _dominant_dtype((int(torch.Size(s).numel()), d) for s, d in read_safetensors_header(plain[0]).values())
+    raw, origin = explicit_config(folder)
+    config = validated_config(raw, origin)
+    try:
+        weights = default_weight_files(folder)
+    except CheckpointError:
+        weights = []
+    dtype = "fp16" if any(".fp16." in w.name for w in weights) else "fp32"
+    if weights and sniff_format(weights[0]) == "safetensors":
+        dtype = _dominant_dtype((entry.numel, entry.dtype) for entry in read_header(weights[0]).entries.values())
     return CheckpointSummary(config, count_parameters(config), dtype, str(folder), "config.json")
 
 
@@ -131,22 +118,24 @@ def summarize_checkpoint(path: Union[str, Path], config: Optional[Mapping] = Non
     ``config``: a known config (then only the dtype is read from the file, where possible)."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path} does not exist; pick a model file from the loader's list")
+        raise CheckpointNotFoundError(f"{path} does not exist; pick a model file from the loader's list")
+    known = None if config is None else validated_config(config, "the given config")
     if path.is_dir():
         summary = summarize_folder(path)
     else:
-        with open(path, "rb") as f:
-            head = f.read(9)
-        if len(head) == 9 and head[8:9] == b"{":
+        check_readable_file(path)
+        kind = sniff_format(path)
+        if kind == "safetensors":
             summary = summarize_safetensors([path])
-        elif config is not None:
-            known, _ = UNet3DConfig.from_dict(config)
+        elif kind not in ("torch-zip", "pickle"):
+            read_weight_file(path)  # raises the loader's own message for this kind of file
+            raise CorruptCheckpointError(f"{path} is not a weight file this loader reads")
+        elif known is not None:
             dtype = "fp16" if "fp16" in path.name else "fp32"
             return CheckpointSummary(known, count_parameters(known), dtype, str(path), "given config")
         else:
             summary = summarize_by_size(path)
-    if config is not None:
-        known, _ = UNet3DConfig.from_dict(config)
+    if known is not None:
         return CheckpointSummary(known, count_parameters(known), summary.storage_dtype, summary.source,
                                  "given config")
     return summary

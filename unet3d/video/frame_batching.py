@@ -1,10 +1,9 @@
-"""Run a UNet over frame windows in bounded batches and fuse the results (pure PyTorch, no ComfyUI).
+"""Plan model calls over frame windows in bounded batches, and fuse their results.
 
-The folded layout (ComfyUI's "frames as batch"): ``rows = chunks * videos_per_chunk * frames``, video ``v`` frame ``f``
-at row ``v * frames + f``; chunk ``c`` (one entry of ``cond_or_uncond``) holds videos ``c*V .. c*V + V - 1``.
-Every window of ``unet3d.windows`` is run for every video; one call gets whole cond chunks, or some videos of one
-chunk, so that at most ``max_batch_rows`` rows go to the model at once (0 = no cap; one window of one video is the
-smallest call). Outputs are accumulated with the windows' fuse weights, which sum to one per frame.
+Rows are in the folded layout of ``unet3d.video.folding``. Every window of ``unet3d.video.windows`` is run for every
+video; one call gets whole cond chunks, or some videos of one chunk, so that at most ``max_batch_rows`` rows go to the
+model at once (0 = no cap; one window of one video is the smallest call). Outputs are accumulated with the windows'
+fuse weights, which sum to one per frame.
 
 A tensor that travels with the batch is sliced per call by its first dimension: ``rows`` long -> per-frame (its
 rows follow their frames, so per-frame prompts work inside windows), ``videos`` long -> per-video, else kept as is.
@@ -13,26 +12,12 @@ When one window holds every frame and no cap splits the batch, the model is call
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 
-from .windows import FrameWindow, WindowSettings
-
-
-@dataclass(frozen=True)
-class FrameLayout:
-    chunks: int               # cond chunks (len(cond_or_uncond))
-    videos_per_chunk: int
-    frames: int               # frames per video
-
-    @property
-    def videos(self) -> int:
-        return self.chunks * self.videos_per_chunk
-
-    @property
-    def rows(self) -> int:
-        return self.videos * self.frames
+from .folding import FrameLayout
+from .windows import FrameWindow
 
 
 @dataclass(frozen=True)
@@ -67,20 +52,6 @@ class FrameCall:
         if self.whole or len(values) != self.layout.chunks:
             return list(values)
         return [values[c] for c in self.chunks]
-
-
-def frame_layout(rows: int, chunks: int, num_video_frames: Optional[int] = None) -> FrameLayout:
-    """Layout of ``rows`` batch rows in ``chunks`` cond chunks; ``num_video_frames`` (frames per video) when a chunk
-    holds several videos. A count that does not divide a chunk is ignored (one video per chunk), as the model does."""
-    chunks = max(int(chunks), 1)
-    if rows % chunks:
-        raise ValueError(f"frame batching got {rows} latent rows for {chunks} cond chunks; rows must split evenly "
-                         f"(is cond_or_uncond right?)")
-    per_chunk = rows // chunks
-    frames = int(num_video_frames) if num_video_frames else per_chunk
-    if frames < 1 or per_chunk % frames:
-        frames = per_chunk
-    return FrameLayout(chunks, per_chunk // frames, frames)
 
 
 def _groups(items: Sequence[int], size: int) -> List[Tuple[int, ...]]:
@@ -134,36 +105,3 @@ def fuse_calls(apply_call: Callable[[FrameCall], torch.Tensor], calls: Sequence[
         weighted = rows_out.to(out.dtype) * weights.reshape(-1, *([1] * (rows_out.ndim - 1)))
         out.index_add_(0, torch.tensor(call.row_index(), device=out.device), weighted)
     return out.to(out_dtype)
-
-
-def run_frame_batches(apply: Callable, x: torch.Tensor, timestep, context, cond_or_uncond: Sequence[int],
-                      settings: WindowSettings, max_batch_rows: int = 0,
-                      num_video_frames: Optional[int] = None) -> torch.Tensor:
-    """``apply(x_rows, t_rows, context_rows, cond_or_uncond_subset) -> out_rows`` over all windows, fused.
-
-    ``x``: ``(rows, C, H, W)`` in the folded layout; ``timestep`` and ``context`` are sliced per call (per-frame or
-    per-video rows; anything else is passed unchanged). With ``num_video_frames`` (several videos per chunk),
-    ``apply`` also gets ``num_video_frames=<frames in the call's window>``, since a call may hold part of a chunk."""
-    layout = frame_layout(x.shape[0], len(cond_or_uncond) or 1, num_video_frames)
-    calls = plan_calls(layout, settings.windows(layout.frames), max_batch_rows)
-
-    def apply_call(call: FrameCall):
-        args = (call.take(x), call.take(timestep), call.take(context), call.take_list(cond_or_uncond))
-        return apply(*args, num_video_frames=call.frames) if num_video_frames else apply(*args)
-    return fuse_calls(apply_call, calls)
-
-
-def folded_model_apply(model: torch.nn.Module) -> Callable:
-    """``apply`` for ``run_frame_batches`` over a ``UNet3DConditionModel``: folds ``(rows, C, H, W)`` into videos,
-    runs the model (one timestep per video, context per video or per frame) and unfolds the prediction."""
-    def apply(x, timestep, context, cond_or_uncond, num_video_frames=None):
-        layout = frame_layout(x.shape[0], len(cond_or_uncond) or 1, num_video_frames)
-        videos, frames = layout.videos, layout.frames
-        sample = x.reshape(videos, frames, *x.shape[1:]).transpose(1, 2)
-        t = timestep
-        if torch.is_tensor(t) and t.ndim == 1 and t.shape[0] == x.shape[0]:
-            t = t.reshape(videos, frames)[:, 0]
-        out = model(sample, t, context, transformer_options={"cond_or_uncond": list(cond_or_uncond)},
-                    return_dict=False)[0]
-        return out.transpose(1, 2).reshape(x.shape[0], *out.shape[1:2], *x.shape[2:])
-    return apply

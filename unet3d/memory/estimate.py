@@ -34,7 +34,7 @@ a tensor is freed as soon as nothing refers to it):
 The temporal transformer is the same block on (videos*h*w) sequences of F frames: its FF costs as much as the
 spatial one's, its scores are F x F. ``transformer_in`` (8 heads x head size, wider than level 0 in the published
 config) usually holds the largest GEGLU intermediate. With frame batching (context_length / max_batch_rows) the
-rows of one call are those of the largest call ``unet3d.frame_batching.plan_calls`` makes.
+rows of one call are those of the largest call ``unet3d.video.frame_batching.plan_calls`` makes.
 
 Weights: parameter count (exact, from the architecture) x bytes of the storage dtype. K_TCONV and the other
 counts were checked against RSS peaks on CPU (``benchmarks/estimate.py``).
@@ -44,13 +44,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
-from . import config as cfgmod
-from .frame_batching import frame_layout, plan_calls
-from .options import slice_size_for, validate_chunking, validate_slice_value
-from .windows import DEFAULT_CONTEXT_OVERLAP, WindowSettings
+from ..dtypes import COMPUTE_DTYPES, WEIGHT_DTYPES, bytes_per_element
+from ..network import config as cfgmod
+from ..network.options import slice_size_for, validate_chunking, validate_slice_value
+from ..network.parameters import count_parameters
+from ..video.folding import frame_layout
+from ..video.frame_batching import plan_calls
+from ..video.windows import DEFAULT_CONTEXT_OVERLAP, WindowSettings
 
-DTYPE_BYTES = {"fp32": 4, "float32": 4, "fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2,
-               "fp8_e4m3fn": 1, "fp8_e5m2": 1}
 K_TCONV = 5            # temporal conv working set, in multiples of its input (see docstring)
 FF_WIDTHS = 13         # GEGLU projection (8I) + gelu(gate) multiplied in place (4I) + a matmul buffer (I)
 ATTENTION_PATHS = ("fused", "materialized")
@@ -98,78 +99,10 @@ class MemoryEstimate:
         return self.weight_bytes + self.activation_bytes
 
 
-def dtype_name(dtype: Any) -> str:
-    """'fp16' etc. for a torch dtype (or its string); unknown dtypes count as fp16."""
-    return {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8_e4m3fn": "fp8_e4m3fn",
-            "float8_e5m2": "fp8_e5m2"}.get(str(dtype).replace("torch.", ""), "fp16")
-
-
 def dtype_bytes(name: str) -> int:
-    if name not in DTYPE_BYTES:
-        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPE_BYTES)}")
-    return DTYPE_BYTES[name]
-
-
-# ------------------------------------------------------------------------------------------------ parameters
-def _linear(i: int, o: int, bias: bool = True) -> int:
-    return i * o + (o if bias else 0)
-
-
-def _transformer_params(heads: int, head_dim: int, channels: int, kv_dim: Optional[int]) -> int:
-    inner = heads * head_dim
-    kv = kv_dim or inner
-    attn1 = 3 * inner * inner + _linear(inner, inner)
-    attn2 = inner * inner + 2 * kv * inner + _linear(inner, inner)
-    ff = _linear(inner, 8 * inner) + _linear(4 * inner, inner)
-    return 2 * channels + _linear(channels, inner) + 6 * inner + attn1 + attn2 + ff + _linear(inner, channels)
-
-
-def _resnet_params(cin: int, cout: int, temb: int) -> int:
-    shortcut = _linear(cin, cout) if cin != cout else 0
-    return 2 * cin + cin * cout * 9 + cout + _linear(temb, cout) + 2 * cout + cout * cout * 9 + cout + shortcut
-
-
-def _tconv_params(c: int) -> int:
-    return 4 * (2 * c + c * c * 3 + c)
-
-
-def count_parameters(config: Mapping[str, Any]) -> int:
-    """Exact parameter count of ``UNet3DConditionModel(**config)``."""
-    cfg = cfgmod.normalize(**{k: v for k, v in config.items() if k in cfgmod.DEFAULTS})
-    widths, layers = cfg["block_out_channels"], cfg["layers_per_block"]
-    c0, temb, cross = widths[0], widths[0] * 4, cfg["cross_attention_dim"]
-    geometry = cfgmod.level_attention_geometry(cfg)
-    total = cfg["in_channels"] * c0 * 9 + c0 + _linear(c0, temb) + _linear(temb, temb)
-    if cfg["time_cond_proj_dim"]:
-        total += cfg["time_cond_proj_dim"] * c0
-    total += _transformer_params(*cfgmod.transformer_in_geometry(cfg), c0, None)
-
-    def layer(cin, c, level, attention):
-        n = _resnet_params(cin, c, temb) + _tconv_params(c)
-        if attention:
-            heads, dim = geometry[level]
-            n += _transformer_params(heads, dim, c, cross) + _transformer_params(heads, dim, c, None)
-        return n
-    for i, kind in enumerate(cfg["down_block_types"]):
-        cin = widths[i - 1] if i else c0
-        for j in range(layers):
-            total += layer(cin if j == 0 else widths[i], widths[i], i, kind.startswith("CrossAttn"))
-        if i < len(widths) - 1:
-            total += widths[i] * widths[i] * 9 + widths[i]
-    c = widths[-1]
-    total += 2 * (_resnet_params(c, c, temb) + _tconv_params(c))
-    total += _transformer_params(*geometry[-1], c, cross) + _transformer_params(*geometry[-1], c, None)
-    rev = list(reversed(widths))
-    for i, kind in enumerate(cfg["up_block_types"]):
-        prev, out, skip_in = (rev[i - 1] if i else rev[0]), rev[i], rev[min(i + 1, len(widths) - 1)]
-        for j in range(layers + 1):
-            cin = (prev if j == 0 else out) + (skip_in if j == layers else out)
-            total += layer(cin, out, len(widths) - 1 - i, kind.startswith("CrossAttn"))
-        if i < len(widths) - 1:
-            total += out * out * 9 + out
-    if cfg["norm_num_groups"] is not None:
-        total += 2 * c0
-    return total + c0 * cfg["out_channels"] * 9 + cfg["out_channels"]
+    if name not in WEIGHT_DTYPES:
+        raise ValueError(f"unknown weight dtype {name!r}; use one of {list(WEIGHT_DTYPES)}")
+    return bytes_per_element(name)
 
 
 # ------------------------------------------------------------------------------------------------ activations
@@ -321,8 +254,8 @@ def validate(workload: Workload, opts: MemoryOptions) -> None:
     if opts.ff_chunk is not None:
         validate_chunking(*opts.ff_chunk)
     dtype_bytes(opts.weight_dtype)
-    if opts.compute_dtype:
-        dtype_bytes(opts.compute_dtype)
+    if opts.compute_dtype and opts.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"unknown compute dtype {opts.compute_dtype!r}; use one of {list(COMPUTE_DTYPES)}")
 
 
 def estimate(config: Mapping[str, Any], workload: Workload, opts: MemoryOptions = MemoryOptions(),

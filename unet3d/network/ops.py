@@ -1,7 +1,7 @@
 """The default ``operations`` namespace: the torch.nn layer classes every UNet3D layer is built from.
 
-A host hands in another namespace with the same five class names (for ComfyUI: comfy.ops.disable_weight_init or
-manual_cast) to control weight init, casting and offloading, without this package knowing about the host.
+A host hands in another namespace with the same five class names (its own layers that skip weight init, cast
+weights on the fly or stream them from another device), without this package knowing about the host.
 """
 from types import SimpleNamespace
 

@@ -1,7 +1,7 @@
 """The runtime controls of UNet3DConditionModel (diffusers' method names) and small forward helpers.
 
 Methods here set the model's *defaults*; a host that shares one module between graphs switches the same things per
-call through ``transformer_options`` instead (see ``unet3d.options``).
+call through ``call_options`` instead (see ``unet3d.network.options``).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .attention import (Attention, AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0, SlicedAttnProcessor)
+from .attention import Attention, AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0, SlicedAttnProcessor
 from .options import slice_size_for, validate_chunking, validate_freeu, validate_slice_value
 from .transformer import BasicTransformerBlock
 
@@ -137,24 +137,13 @@ class RuntimeControls:
         self.set_attn_processor(self._original_processors)
         self._original_processors = None
 
-    # -- training / LoRA
+    # -- training
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each block's activations in the backward pass (training only)."""
         self.gradient_checkpointing = True
 
     def disable_gradient_checkpointing(self) -> None:
         self.gradient_checkpointing = False
-
-    def load_lora(self, lora, strength: float = 1.0) -> List[str]:
-        """Merge a LoRA (a file path or a state dict; layouts: see ``unet3d.lora``) into the weights, scaled by
-        ``strength``; returns the changed weight names. Several LoRAs add up; ``unload_lora`` undoes them all."""
-        from .lora import merge_lora
-        return merge_lora(self, lora, strength)
-
-    def unload_lora(self) -> None:
-        """Restore, bit for bit, every weight changed by ``load_lora`` (a no-op when no LoRA is loaded)."""
-        from .lora import unmerge_lora
-        unmerge_lora(self)
 
 
 def text_mask(attention_mask: Optional[torch.Tensor], b: int, f: int,

@@ -1,12 +1,20 @@
-"""Exceptions raised while finding, reading and matching UNet3D checkpoints.
+"""The exceptions of this package: one family, every message naming the file or value, what was found, what to do.
 
-All derive from :class:`CheckpointError` (a ``ValueError``) so callers can catch one type; the not-found case is also
-a ``FileNotFoundError`` so generic "missing file" handling keeps working.
+All derive from :class:`UNet3DError` (a ``ValueError``) so callers can catch one type; the not-found case is also a
+``FileNotFoundError`` so generic "missing file" handling keeps working.
 """
 from __future__ import annotations
 
 
-class CheckpointError(ValueError):
+class UNet3DError(ValueError):
+    """Base class: something given to this package (a file, a config, a value) cannot be used as it is."""
+
+
+class ConfigError(UNet3DError):
+    """A model config (constructor arguments or a config.json) is invalid."""
+
+
+class CheckpointError(UNet3DError):
     """A checkpoint could not be used. The message names the file and says what to do."""
 
 
@@ -28,3 +36,7 @@ class WrongModelError(CheckpointError):
 
 class StateDictMismatchError(CheckpointError):
     """Key names or shapes in the file do not match the model built from the config."""
+
+
+class LoraError(UNet3DError):
+    """A LoRA file cannot be applied to this UNet3D. The message names the file, shows keys and says what works."""

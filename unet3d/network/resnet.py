@@ -7,11 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ACTIVATION_MODULES = {"silu": nn.SiLU, "swish": nn.SiLU, "mish": nn.Mish, "gelu": nn.GELU, "relu": nn.ReLU}
-
-
-def activation(name: str) -> nn.Module:
-    return ACTIVATION_MODULES[name]()
+from .activations import activation
 
 
 class ResnetBlock2D(nn.Module):

@@ -1,15 +1,18 @@
 """The model configuration: the diffusers ``config.json`` schema of UNet3DConditionModel, with validation.
 
 Every constructor argument of the model is one field here, with the same name and default as diffusers. Validation
-raises ``ValueError`` naming the parameter and the offending values, so a bad config.json is easy to fix.
+raises ``ConfigError`` (a ``ValueError``) naming the parameter and the offending values, so a bad config.json is easy
+to fix.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from ..errors import ConfigError
+from .activations import ACTIVATIONS
+
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlock3D", "DownBlock3D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock3D", "UpBlock3D")
-ACTIVATIONS = ("silu", "swish", "mish", "gelu", "relu")
 
 DEFAULTS: Dict[str, Any] = {
     "sample_size": None,
@@ -78,7 +81,7 @@ def normalize(**kwargs: Any) -> Dict[str, Any]:
 
 
 def _fail(param: str, value: Any, why: str) -> None:
-    raise ValueError(f"Invalid UNet3D config: `{param}`={value!r}: {why}")
+    raise ConfigError(f"Invalid UNet3D config: `{param}`={value!r}: {why}")
 
 
 def _per_level(cfg: Mapping[str, Any], key: str) -> Optional[Tuple[Any, ...]]:
@@ -117,7 +120,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     if not cfg["mid_block_scale_factor"] or cfg["mid_block_scale_factor"] <= 0:
         _fail("mid_block_scale_factor", cfg["mid_block_scale_factor"], "must be > 0 (outputs are divided by it)")
     if cfg["act_fn"] not in ACTIVATIONS:
-        _fail("act_fn", cfg["act_fn"], f"must be one of {ACTIVATIONS}")
+        _fail("act_fn", cfg["act_fn"], f"must be one of {tuple(ACTIVATIONS)}")
     if not cfg["norm_eps"] or cfg["norm_eps"] <= 0:
         _fail("norm_eps", cfg["norm_eps"], "must be > 0")
     groups = inner_groups(cfg)
