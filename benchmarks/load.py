@@ -5,7 +5,11 @@ single-file ``.safetensors`` and as an original-layout ``text2video_pytorch_mode
 temporary folder, then loads each in a fresh subprocess with ``UNet3DConditionModel.from_single_file`` and prints
 load time and peak RSS against the file size. Needs ~6 GB of disk and ~6 GB of RAM; not part of the test suite.
 
-    python benchmarks/load.py [--keep DIR] [--cast-fp32]
+    python benchmarks/load.py [--keep DIR] [--cast-fp32] [--node]
+
+``--node`` loads each file through the ComfyUI ``UNet3DLoader`` node instead, inside the embedded ComfyUI host
+(``COMFYUI_PATH`` when set), on CPU, with the weight dtype ComfyUI picks there ("default": fp32 on CPU) and with
+fp16; it prints the node's peak RSS growth (sampled every 0.5 ms) against the size of the loaded weights.
 
 Peak RSS is ``ru_maxrss`` of the child (its baseline after ``import torch`` is shown separately). A ``.pth`` in zip
 format is memory-mapped, so its pages are only read when used; "after touch" reads every weight once to show the
@@ -67,7 +71,7 @@ def write_checkpoints(folder: Path) -> list:
     from helpers_checkpoint import diffusers_to_original  # test-local reference converter (diffusers -> original)
 
     from unet3d import UNet3DConditionModel
-    from unet3d.config import DEFAULTS
+    from unet3d.network.config import DEFAULTS
 
     meta = UNet3DConditionModel(device="meta")
     gen = torch.Generator().manual_seed(0)
@@ -83,10 +87,37 @@ def write_checkpoints(folder: Path) -> list:
     return [single, original]
 
 
+def node_rows(files, keep_log: Path) -> None:
+    """Each file through the UNet3DLoader node in a real ComfyUI host, one fresh host per row."""
+    sys.path.insert(0, str(REPO))
+    from comfy_runner.client import HostProcess
+
+    probe = REPO / "benchmarks" / "_node_load_probe.py"
+    print(f"{'file':<40} {'weight_dtype':>12} {'dtype':>9} {'load s':>7} {'weights':>8} {'RSS before':>10} "
+          f"{'peak':>6} {'growth':>7} {'growth / weights':>16}")
+    for path in files:
+        for weight_dtype in ("default", "fp16"):
+            with HostProcess(output_dir=str(keep_log / "out"), log_path=str(keep_log / "host.log")) as host:
+                unet_dir = host.root / "models" / "unet"
+                unet_dir.mkdir(parents=True, exist_ok=True)
+                link = unet_dir / f"unet3d-load-bench{path.suffix}"
+                link.unlink(missing_ok=True)
+                link.symlink_to(path)
+                try:
+                    r = host.call(probe, "load_in_node", unet_name=link.name, weight_dtype=weight_dtype)
+                finally:
+                    link.unlink(missing_ok=True)
+            print(f"{path.name:<40} {weight_dtype:>12} {r['dtype'].replace('torch.', ''):>9} {r['seconds']:7.1f} "
+                  f"{r['weights_gib']:8.2f} {r['base_gib']:10.2f} {r['peak_gib']:6.2f} {r['growth_gib']:7.2f} "
+                  f"{r['growth_gib'] / r['weights_gib']:16.2f}", flush=True)
+    print("(GiB; growth = peak RSS during the node's load minus RSS before it; weights = the loaded model's tensors)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", type=Path, default=None, help="write/reuse the checkpoints in this folder")
     parser.add_argument("--cast-fp32", action="store_true", help="also load each file with torch_dtype=float32")
+    parser.add_argument("--node", action="store_true", help="load through the ComfyUI UNet3DLoader node instead")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -101,6 +132,9 @@ def main() -> int:
         if not all(f.is_file() for f in files):
             # in a subprocess so the generator's ~3 GB are returned to the OS before measuring
             subprocess.run([sys.executable, __file__, "--write", str(folder)], check=True)
+        if args.node:
+            node_rows(files, folder)
+            return 0
         runs = [(f, "") for f in files] + ([(f, "float32") for f in files] if args.cast_fp32 else [])
         print(f"{'file':<40} {'size GiB':>8} {'dtype':>14} {'load s':>7} {'base':>6} {'peak':>6} "
               f"{'peak after touch':>16} {'anon/file after load':>21}")
