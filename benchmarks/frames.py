@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._common import RssPeak  # noqa: E402
 from comfy_runner.offline import plugin_module, sampler_call  # noqa: E402
+from unet3d.dtypes import torch_dtype  # noqa: E402
 from unet3d.video.folding import frame_layout  # noqa: E402
 from unet3d.video.frame_batching import plan_calls  # noqa: E402
 from unet3d.video.windows import WindowSettings  # noqa: E402
@@ -68,7 +69,7 @@ def synchronize(device):
 def measure(args) -> dict:
     """One row, in this process: a warm-up window, then the measured evaluation."""
     torch.set_num_threads(args.threads)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    dtype = torch_dtype(args.dtype)
     model = build_model(args.config, args.device, dtype)
     settings = WindowSettings(args.context_length, args.context_overlap)
     wrapper = plugin_module("nodes.frame_batching").FrameBatchingWrapper(settings, args.max_batch_rows)

@@ -1,6 +1,6 @@
 """The one table of weight / activation dtypes: short name, torch dtype, bytes per element, safetensors code.
 
-Every other place (the converter's ``--dtype``, the loader node's ``weight_dtype``, memory estimates, checkpoint
+Every other place (the converter's ``--dtype``, a host loader's ``weight_dtype``, memory estimates, checkpoint
 headers) derives what it needs from ``DTYPES``.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ DTYPES = (
 _BY_NAME = {d.name: d for d in DTYPES}
 _BY_TORCH = {d.torch: d for d in DTYPES if d.torch is not None}
 _BY_CODE = {d.safetensors: d for d in DTYPES}
-# What a model's weights may be stored as (the converter's and the loader node's choices).
+# What a model's weights may be stored as (the converter's and a host loader's choices).
 WEIGHT_DTYPES = tuple(d.name for d in DTYPES[:5] if d.torch is not None)
 # Floating dtypes a forward pass computes in.
 COMPUTE_DTYPES = ("fp32", "fp16", "bf16")
