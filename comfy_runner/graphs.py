@@ -1,12 +1,12 @@
 """API-format prompts for the UNet3D text-to-video graph (used by the host tests; handy for scripts too).
 
 Node ids are fixed so callers can capture outputs: "1" loader, "2" CLIP, "3" VAE, "4"/"5" positive/negative,
-"6" empty video latent, "7" sampler, "8" VAE decode, "9" output, "10" optional model patch, "11"/"12" sampler and
-sigmas for SamplerCustom.
+"6" empty video latent, "7" sampler, "8" VAE decode, "9" output, "10" (then "10-1", "10-2"...) optional model
+patches, "11"/"12" sampler and sigmas for SamplerCustom.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Tuple, Union
 
 LOADER, CLIP, VAE, POS, NEG, LATENT, SAMPLER, DECODE, OUTPUT, PATCH = "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"
 
@@ -15,8 +15,11 @@ def t2v_prompt(unet: str, clip: str, vae: str = "taesd", *, width: int = 128, he
                batch_size: int = 1, seed: int = 1, steps: int = 2, cfg: float = 7.0, sampler_name: str = "euler",
                scheduler: str = "normal", positive: str = "a red panda surfing a wave", negative: str = "blurry",
                sampler: str = "KSampler", output: str = "latent", prefix: str = "unet3d_test",
-               weight_dtype: str = "default", patch: Optional[Tuple[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
-    """``output``: "latent" (SaveLatent, cheap) or "webp" (VAEDecode -> SaveAnimatedWEBP)."""
+               weight_dtype: str = "default",
+               patch: Union[None, Tuple[str, Dict[str, Any]], List[Tuple[str, Dict[str, Any]]]] = None
+               ) -> Dict[str, Any]:
+    """``output``: "latent" (SaveLatent, cheap) or "webp" (VAEDecode -> SaveAnimatedWEBP). ``patch``: one
+    ``(node class, inputs)`` or a list of them, chained on the MODEL path from the loader to the sampler."""
     model = [LOADER, 0]
     p: Dict[str, Any] = {
         LOADER: {"class_type": "UNet3DLoader", "inputs": {"unet_name": unet, "weight_dtype": weight_dtype}},
@@ -26,10 +29,15 @@ def t2v_prompt(unet: str, clip: str, vae: str = "taesd", *, width: int = 128, he
         LATENT: {"class_type": "UNet3DEmptyLatentVideo",
                  "inputs": {"width": width, "height": height, "frames": frames, "batch_size": batch_size}},
     }
-    if patch is not None:
-        p[PATCH] = {"class_type": patch[0], "inputs": {"model": model, **patch[1]}}
-        model = [PATCH, 0]
+    chain = [] if patch is None else [patch] if isinstance(patch, tuple) else list(patch)
+    for i, (cls, inputs) in enumerate(chain):
+        node = PATCH if i == 0 else f"{PATCH}-{i}"
+        p[node] = {"class_type": cls, "inputs": {"model": model, **inputs}}
+        model = [node, 0]
     common = {"model": model, "positive": [POS, 0], "negative": [NEG, 0], "latent_image": [LATENT, 0]}
+    if batch_size > 1:  # several videos: the conditioning carries the frame count (through the latent node)
+        p[LATENT]["inputs"].update(positive=[POS, 0], negative=[NEG, 0])
+        common.update(positive=[LATENT, 1], negative=[LATENT, 2])
     if sampler == "KSampler":
         p[SAMPLER] = {"class_type": "KSampler", "inputs": {
             **common, "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler_name,

@@ -28,3 +28,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
 from . import estimate_route as _estimate_route  # noqa: E402
 
 _estimate_route.register()
+
+# One warning with the remedy when ComfyUI's own LoRA loaders leave a UNet3D LoRA unapplied.
+from . import core_lora_notice as _core_lora_notice  # noqa: E402
+
+_core_lora_notice.install()

@@ -9,11 +9,14 @@ decides which rows of the ``(k*F, C, h, w)`` batch reach ``apply_model`` togethe
 """
 from __future__ import annotations
 
+import logging
+
 from ..unet3d.video.folding import frame_layout
 from ..unet3d.video.frame_batching import FrameCall, fuse_calls, plan_calls
 from ..unet3d.video.windows import DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, FUSE_METHODS, WindowSettings
 
 MAX_FRAMES = 4096
+log = logging.getLogger("unet3d")
 
 
 def call_previous(apply_model, args):
@@ -37,6 +40,12 @@ def conds_for_call(c: dict, call: FrameCall) -> dict:
     return out
 
 
+CORE_WINDOWS_NOTICE = ("UNet3D Frame Batching and ComfyUI's context windows (ContextWindowsManual) are both on this "
+                       "model. The core context windows act first and hand the model windows of their "
+                       "context_length, so UNet3D Frame Batching only splits those further (max_batch_rows) and its "
+                       "own windows, overlap and fuse method do not apply. Keep one of the two nodes.")
+
+
 class FrameBatchingWrapper:
     """The model function wrapper. Plain data plus the wrapper it replaced; ``to`` forwards to that one, since
     ComfyUI moves a wrapper that has ``to`` with the model."""
@@ -45,6 +54,7 @@ class FrameBatchingWrapper:
         self.settings = settings
         self.max_batch_rows = max_batch_rows
         self.previous = previous
+        self.told_about_core_windows = False
 
     def to(self, device):
         if hasattr(self.previous, "to"):
@@ -54,6 +64,9 @@ class FrameBatchingWrapper:
     def __call__(self, apply_model, args):
         inner = self.previous if self.previous is not None else call_previous
         x, c, cond_or_uncond = args["input"], args["c"], args["cond_or_uncond"]
+        if "context_window" in (c.get("transformer_options") or {}) and not self.told_about_core_windows:
+            self.told_about_core_windows = True   # once per model, not once per window and step
+            log.warning(CORE_WINDOWS_NOTICE)
         layout = frame_layout(x.shape[0], len(cond_or_uncond), c.get("num_video_frames"))
         calls = plan_calls(layout, self.settings.windows(layout.frames), self.max_batch_rows)
 
@@ -119,6 +132,8 @@ class UNet3DFrameBatching:
               max_batch_rows):
         settings = WindowSettings(context_length, context_overlap, context_stride, bool(closed_loop), fuse_method)
         check_batch_rows(max_batch_rows, context_length)
+        if model.model_options.get("context_handler") is not None:
+            log.warning(CORE_WINDOWS_NOTICE)
         patched = model.clone()
         previous = patched.model_options.get("model_function_wrapper")
         patched.set_model_unet_function_wrapper(FrameBatchingWrapper(settings, max_batch_rows, previous))

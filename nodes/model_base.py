@@ -7,6 +7,8 @@ checkpoint's tensors (never two copies of the weights).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 
 import comfy.conds
@@ -19,7 +21,7 @@ from comfy.ldm.modules.attention import optimized_attention
 
 from ..unet3d.dtypes import name_of
 from ..unet3d.memory.estimate import MemoryOptions, Workload, estimate
-from . import latent as latent_registry
+from .latent import FRAMES_KEY
 
 log = logging.getLogger("unet3d")
 
@@ -48,11 +50,12 @@ class UNet3DBaseModel(comfy.model_base.BaseModel):
     """BaseModel with the frame-count cond and a memory estimate that includes temporal attention."""
 
     def extra_conds(self, **kwargs):
+        """The frame count a conditioning carries (``nodes.latent``) becomes the ``num_video_frames`` keyword of
+        every model call on it; without one each cond chunk is one video."""
         out = super().extra_conds(**kwargs)
-        noise = kwargs.get("noise")
-        frames = latent_registry.frames_for(kwargs.get("latent_image"), noise)
+        frames = kwargs.get(FRAMES_KEY)
         if frames:
-            out["num_video_frames"] = comfy.conds.CONDConstant(frames)
+            out["num_video_frames"] = comfy.conds.CONDConstant(int(frames))
         return out
 
     def memory_required(self, input_shape, cond_shapes={}):
@@ -92,9 +95,21 @@ def operations_for(weight_dtype, manual_cast_dtype):
     return comfy.ops.manual_cast if manual_cast_dtype is not None else comfy.ops.disable_weight_init
 
 
+def run_diffusion_model_wrappers(forward, model, *args, **kwargs):
+    """``forward(*args, **kwargs)`` inside the diffusion-model wrappers of the call's ``transformer_options`` (the
+    last positional argument), as ComfyUI's own UNet runs them."""
+    import comfy.patcher_extension as ext
+    wrappers = ext.get_all_wrappers(ext.WrappersMP.DIFFUSION_MODEL, args[-1])
+    return ext.WrapperExecutor.new_class_executor(forward, model, wrappers).execute(*args, **kwargs)
+
+
 def build_args(weight_dtype, manual_cast_dtype) -> dict:
-    """Keyword arguments for building ``ComfyUNet3D``: the host's layers and attention kernel."""
-    return {"operations": operations_for(weight_dtype, manual_cast_dtype), "attention": optimized_attention}
+    """Keyword arguments for building ``ComfyUNet3D``: the host's layers, attention kernel and (ComfyUI 0.3 on)
+    diffusion-model wrappers."""
+    has_wrappers = importlib.util.find_spec("comfy.patcher_extension") is not None and hasattr(
+        importlib.import_module("comfy.patcher_extension").WrappersMP, "DIFFUSION_MODEL")
+    return {"operations": operations_for(weight_dtype, manual_cast_dtype), "attention": optimized_attention,
+            "run_wrapped": run_diffusion_model_wrappers if has_wrappers else None}
 
 
 def wrap(unet, unet_config: dict, weight_dtype, offload_device, manual_cast_dtype=None):

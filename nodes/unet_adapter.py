@@ -34,15 +34,26 @@ def host_attention(attention: Optional[Callable]) -> Callable:
 
 
 class ComfyUNet3D(UNet3DConditionModel):
-    """The UNet3D as ComfyUI's ``diffusion_model``. ``attention``: the host's ``optimized_attention``."""
+    """The UNet3D as ComfyUI's ``diffusion_model``. ``attention``: the host's ``optimized_attention``;
+    ``run_wrapped(forward, model, *args, **kwargs)``: runs the host's diffusion-model wrappers around ``forward``
+    (ComfyUI's ``WrappersMP.DIFFUSION_MODEL``, which caches such as EasyCache use), where the host has them."""
 
-    def __init__(self, model_channels=None, attention: Optional[Callable] = None, **config):
+    def __init__(self, model_channels=None, attention: Optional[Callable] = None,
+                 run_wrapped: Optional[Callable] = None, **config):
         super().__init__(**config)
         self.attention = host_attention(attention)
+        self.run_wrapped = run_wrapped
         self.eval()  # dropout in the temporal convolutions must be off (March 2024 ComfyUI never calls eval())
 
-    def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options={},
-                num_video_frames=None, **kwargs):
+    def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options={}, **kwargs):
+        if self.run_wrapped is None:
+            return self._forward(x, timesteps, context, y, control, transformer_options, **kwargs)
+        # transformer_options goes last and positional: that is where ComfyUI's wrappers look for it
+        return self.run_wrapped(self._forward, self, x, timesteps, context, y, control, transformer_options,
+                                **kwargs)
+
+    def _forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options={},
+                 num_video_frames=None, **kwargs):
         chunks = len(transformer_options.get("cond_or_uncond") or [None])
         layout = frame_layout(x.shape[0], chunks, num_video_frames)
         if num_video_frames and layout.frames != int(num_video_frames):
@@ -54,7 +65,7 @@ class ComfyUNet3D(UNet3DConditionModel):
         if context is not None and context.shape[0] not in (layout.videos, layout.rows):
             raise ValueError(f"UNet3D: text context has {context.shape[0]} rows; expected one per video "
                              f"({layout.videos}) or per frame ({layout.rows})")
-        options = call_options(transformer_options, self.attention)
+        options = call_options(transformer_options, self.attention, x.shape)
         out = super().forward(fold(x, layout), per_video(timesteps, layout), context, call_options=options,
                               return_dict=False)[0]
         return unfold(out)

@@ -104,6 +104,8 @@ def write_lora(host, unet_name, file_name, layout="peft", seed=0, std=0.02, rank
         down = torch.randn(rank, *weight.shape[1:], generator=gen) * std
         if layout == "peft":
             sd[f"unet.{name}.lora_A.weight"], sd[f"unet.{name}.lora_B.weight"] = down, up
+        elif layout == "comfy":  # ComfyUI's own model names
+            sd[f"diffusion_model.{name}.lora_down.weight"], sd[f"diffusion_model.{name}.lora_up.weight"] = down, up
         else:  # kohya with alpha
             key = "lora_unet_" + name.replace(".", "_")
             sd[f"{key}.lora_down.weight"], sd[f"{key}.lora_up.weight"] = down, up

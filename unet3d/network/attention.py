@@ -69,8 +69,8 @@ class AttnProcessor2_0:
     core = staticmethod(sdpa_attention)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 call_options: CallOptions = NO_OPTIONS):
-        q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states)
+                 call_options: CallOptions = NO_OPTIONS, value=None):
+        q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states, value)
         fn = call_options.attention_fn or self.core
         return attn.project_out(fn(q, k, v, attn.heads, attention_mask))
 
@@ -81,8 +81,8 @@ class AttnProcessor(AttnProcessor2_0):
     core = staticmethod(bmm_attention)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 call_options: CallOptions = NO_OPTIONS):
-        q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states)
+                 call_options: CallOptions = NO_OPTIONS, value=None):
+        q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states, value)
         return attn.project_out(self.core(q, k, v, attn.heads, attention_mask))
 
 
@@ -93,8 +93,8 @@ class SlicedAttnProcessor:
         self.slice_size = slice_size
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 call_options: CallOptions = NO_OPTIONS):
-        q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states)
+                 call_options: CallOptions = NO_OPTIONS, value=None):
+        q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states, value)
         core = call_options.attention_fn or sdpa_attention
         out = sliced_attention(q, k, v, attn.heads, attention_mask, self.slice_size, core)
         return attn.project_out(out)
@@ -104,8 +104,10 @@ class FusedAttnProcessor2_0(AttnProcessor2_0):
     """Uses the fused ``to_qkv`` (self-attention) or ``to_kv`` (cross-attention) projection."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 call_options: CallOptions = NO_OPTIONS):
-        if encoder_hidden_states is None and getattr(attn, "to_qkv", None) is not None:
+                 call_options: CallOptions = NO_OPTIONS, value=None):
+        if value is not None:
+            q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states, value)
+        elif encoder_hidden_states is None and getattr(attn, "to_qkv", None) is not None:
             q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
         elif encoder_hidden_states is not None and getattr(attn, "to_kv", None) is not None:
             q = attn.to_q(hidden_states)
@@ -148,9 +150,11 @@ class Attention(nn.Module):
     def sliceable_head_dim(self) -> int:
         return self.heads
 
-    def project_qkv(self, hidden_states, encoder_hidden_states=None):
+    def project_qkv(self, hidden_states, encoder_hidden_states=None, value=None):
+        """q from ``hidden_states``; k from the context (``hidden_states`` for self-attention); v from ``value``
+        when given (a host's attention patch may feed keys and values different inputs), else from the context."""
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        return self.to_q(hidden_states), self.to_k(context), self.to_v(context)
+        return self.to_q(hidden_states), self.to_k(context), self.to_v(context if value is None else value)
 
     def project_out(self, out):
         return self.to_out[1](self.to_out[0](out))
@@ -197,7 +201,8 @@ class Attention(nn.Module):
         return scores.softmax(dim=-1).to(query.dtype)
 
     def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                call_options: CallOptions = NO_OPTIONS, **cross_attention_kwargs):
+                call_options: CallOptions = NO_OPTIONS, value=None, **cross_attention_kwargs):
+        """``value``: the input of ``to_v`` when it differs from the context (a host's attention patch)."""
         processor = self.processor
         if call_options.override_slice() and isinstance(processor, _OWN_PROCESSORS):
             size = slice_size_for(call_options.attention_slice, self.heads)
@@ -205,7 +210,13 @@ class Attention(nn.Module):
         kwargs = dict(cross_attention_kwargs)
         if _accepts(processor, "call_options"):
             kwargs["call_options"] = call_options
+            if value is not None:
+                kwargs["value"] = value
         else:  # a foreign processor (e.g. diffusers'): pass only what its signature takes, as diffusers does
+            if value is not None:
+                raise ValueError(f"attention processor {type(processor).__name__} cannot take separate values; "
+                                 f"the hook that passed them needs this package's processors "
+                                 f"(set_default_attn_processor or set_attn_processor(AttnProcessor2_0()))")
             kwargs = {k: v for k, v in kwargs.items() if _accepts(processor, k)}
             if attention_mask is not None:  # theirs take an additive float mask
                 attention_mask = torch.zeros(attention_mask.shape, dtype=hidden_states.dtype,

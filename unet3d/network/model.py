@@ -15,10 +15,18 @@ from . import config as cfgmod
 from . import controls
 from .blocks import DownBlock3D, MidBlock3DCrossAttn, UpBlock3D
 from .embeddings import TimestepEmbedding, timestep_sinusoid
+from .hooks import INPUT, MIDDLE, OUTPUT, SPATIAL, TEMPORAL, LayerSite
 from .ops import resolve
 from .options import parse_call_options
 from .outputs import UNet3DConditionOutput
 from .transformer import TransformerTemporalModel
+
+
+def _place(block: nn.Module, stage: str, first: int) -> None:
+    """Tell each transformer of ``block`` where it sits (``LayerSite``): layer ``j`` has index ``first + j``."""
+    for kind, name in ((SPATIAL, "attentions"), (TEMPORAL, "temp_attentions")):
+        for j, transformer in enumerate(getattr(block, name, None) or []):
+            transformer.site = LayerSite(kind, stage, first + j)
 
 
 class UNet3DNetwork(nn.Module, controls.RuntimeControls):
@@ -79,10 +87,6 @@ class UNet3DNetwork(nn.Module, controls.RuntimeControls):
             self.down_blocks.append(DownBlock3D(
                 widths[i - 1] if i else widths[0], widths[i], temb, layers_per_block, groups, eps, act_fn,
                 i < len(widths) - 1, downsample_padding, attention, **factory))
-        skip_count = 1                                   # conv_in + transformer_in is skip 0
-        for block in self.down_blocks:
-            block.first_skip = skip_count
-            skip_count += len(block.resnets) + (block.downsamplers is not None)
         self.mid_block = MidBlock3DCrossAttn(widths[-1], temb, groups, eps, act_fn, mid_block_scale_factor,
                                              (*geometry[-1], cross_attention_dim), **factory)
         rev_widths, rev_geometry = list(reversed(widths)), list(reversed(geometry))
@@ -92,18 +96,30 @@ class UNet3DNetwork(nn.Module, controls.RuntimeControls):
                 rev_widths[min(i + 1, len(widths) - 1)], rev_widths[i - 1] if i else rev_widths[0], rev_widths[i],
                 temb, layers_per_block + 1, groups, eps, act_fn, i < len(widths) - 1, i, attention, **factory))
 
-        concat_count = 0
-        for block in self.up_blocks:
-            block.first_concat = concat_count
-            concat_count += len(block.resnets)
-
         if norm_num_groups is not None:
             self.conv_norm_out = ops.GroupNorm(norm_num_groups, widths[0], eps=eps, dtype=dtype, device=device)
             self.conv_act = nn.SiLU()
         else:
             self.conv_norm_out = self.conv_act = None
         self.conv_out = ops.Conv2d(widths[0], out_channels, 3, padding=1, dtype=dtype, device=device)
+        self._number_layers()
         self._init_runtime_defaults()
+
+    def _number_layers(self) -> None:
+        """The hook indices (``unet3d.network.hooks``): each block's first skip / concatenation, each transformer's
+        ``LayerSite``."""
+        self.transformer_in.site = LayerSite(TEMPORAL, INPUT, 0)
+        skips = 1                                        # conv_in + transformer_in is skip 0
+        for block in self.down_blocks:
+            block.first_skip = skips
+            _place(block, INPUT, skips)
+            skips += len(block.resnets) + (block.downsamplers is not None)
+        _place(self.mid_block, MIDDLE, 0)
+        concats = 0
+        for block in self.up_blocks:
+            block.first_concat = concats
+            _place(block, OUTPUT, concats)
+            concats += len(block.resnets)
 
     # ----------------------------------------------------------------------------------------------- properties
     @property

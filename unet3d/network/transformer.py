@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import Attention
+from .hooks import LayerSite
 from .options import NO_OPTIONS, CallOptions
 
 
@@ -75,11 +76,28 @@ class BasicTransformerBlock(nn.Module):
         self._chunk_size, self._chunk_dim = chunk_size, dim
 
     def forward(self, x, context=None, attention_mask=None, call_options: CallOptions = NO_OPTIONS,
-                cross_attention_kwargs=None):
+                cross_attention_kwargs=None, site: Optional[LayerSite] = None, feature_shape=None):
+        """``site`` / ``feature_shape`` (the transformer's input shape) are handed to the call's hooks when they
+        want to see attention (``UNetHooks.wants_attention``)."""
         kwargs = cross_attention_kwargs or {}
-        x = self.attn1(self.norm1(x), call_options=call_options, **kwargs) + x
         mask = attention_mask if context is not None else None
-        x = self.attn2(self.norm2(x), context, mask, call_options=call_options, **kwargs) + x
+        hooks = call_options.hooks
+        if not hooks.wants_attention or site is None:
+            x = self.attn1(self.norm1(x), call_options=call_options, **kwargs) + x
+            x = self.attn2(self.norm2(x), context, mask, call_options=call_options, **kwargs) + x
+            return self._feed_forward(x, call_options)
+
+        def run(layer, layer_mask):
+            def attend(hidden, ctx, value):
+                return layer(hidden, ctx, layer_mask if ctx is not None else None, call_options=call_options,
+                             value=value, **kwargs)
+            return attend
+        x = hooks.attention(site, 1, self.attn1, self.norm1(x), None, run(self.attn1, None), feature_shape) + x
+        x = hooks.between_attentions(site, x)
+        x = hooks.attention(site, 2, self.attn2, self.norm2(x), context, run(self.attn2, mask), feature_shape) + x
+        return self._feed_forward(x, call_options)
+
+    def _feed_forward(self, x, call_options: CallOptions):
         chunk = call_options.ff_chunk if call_options.override_chunk() else (
             None if self._chunk_size is None else (self._chunk_size, self._chunk_dim))
         h = self.norm3(x)
@@ -89,6 +107,8 @@ class BasicTransformerBlock(nn.Module):
 
 class _ProjectedTransformer(nn.Module):
     """GroupNorm -> Linear proj_in -> one BasicTransformerBlock -> Linear proj_out (diffusers' names)."""
+
+    site: Optional[LayerSite] = None  # where it sits in the UNet (set by the model, for hooks)
 
     def __init__(self, heads: int, dim_head: int, in_channels: int, groups: int, cross_attention_dim: Optional[int],
                  *, operations, dtype=None, device=None):
@@ -112,7 +132,7 @@ class Transformer2DModel(_ProjectedTransformer):
         x = self.norm(x).permute(0, 2, 3, 1).reshape(n, h * w, c)
         x = self.proj_in(x)
         for block in self.transformer_blocks:
-            x = block(x, context, attention_mask, call_options, cross_attention_kwargs)
+            x = block(x, context, attention_mask, call_options, cross_attention_kwargs, self.site, residual.shape)
         x = self.proj_out(x)
         return x.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous() + residual
 
@@ -135,7 +155,7 @@ class TransformerTemporalModel(_ProjectedTransformer):
         x = x.permute(0, 3, 4, 2, 1).reshape(b * h * w, num_frames, c)
         x = self.proj_in(x)
         for block in self.transformer_blocks:
-            x = block(x, None, None, call_options, cross_attention_kwargs)
+            x = block(x, None, None, call_options, cross_attention_kwargs, self.site, residual.shape)
         x = self.proj_out(x)
         x = x.reshape(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2).reshape(n, c, h, w)
         return x + residual
