@@ -46,11 +46,19 @@ def _log(host) -> str:
     return (host.tmp / "host.log").read_text(errors="replace")
 
 
+# (node, version): core's own failure on any batch of several rows per prompt (image batches too), inside core
+CORE_BUGS = {("EasyCache", "0.3.64"): "nodes_easycache.py"}
+
+
 @pytest.mark.parametrize("node", sorted(CORE_PATCHES))
 def test_core_patch_nodes_act_on_the_unet3d_model(host, node):
     if not _available(host, node):
         return
     steps = 6 if "Cache" in node else 3
+    if (node, host.version) in CORE_BUGS:
+        answer = host.proc.run(host.prompt(seed=61, steps=steps, patch=(node, CORE_PATCHES[node])), check=False)
+        assert not answer["ok"] and CORE_BUGS[node, host.version] in str(answer["error"]["traceback"][-1])
+        return
     base, _ = host.sample(host.prompt(seed=61, steps=steps))
     patched, answer = host.sample(host.prompt(seed=61, steps=steps, patch=(node, CORE_PATCHES[node])))
     assert answer["ok"] and torch.isfinite(patched).all()
