@@ -38,14 +38,14 @@ REMEDY_WORDS = {"ff_chunk": "feed-forward chunking (UNet3D Feed-Forward Chunking
 
 def model_summary(request: EstimateRequest) -> CheckpointSummary:
     """Header summary of the loader's choice (a UNet3D file or diffusers folder), or of a given config."""
-    from ..unet3d.network.config import UNet3DConfig
-    from .loader import resolve
+    from ..unet3d.checkpoints.loading import validated_config
+    from .loader import resolve, unet_choices
     if not request.model:
-        try:
-            known, _ = UNet3DConfig.from_dict(request.config)
-        except (ValueError, TypeError) as exc:
-            raise EstimateRequestError(f"`config` is not a valid UNet3D config: {exc}") from None
+        known = validated_config(request.config, "`config`")
         return CheckpointSummary(known, count_parameters(known), "fp16", "request", "given config")
+    if request.model not in unet_choices():
+        raise EstimateRequestError(f"`unet_name` {request.model!r:.300} is not in the Load UNet3D Model list; pick "
+                                   f"one of its choices (refresh the page after adding files)")
     paths, config_path = resolve(request.model)
     target = os.path.dirname(config_path) if config_path else paths[0]
     return summarize_checkpoint(target, request.config)

@@ -15,6 +15,8 @@ import weakref
 import comfy.model_management
 import torch
 
+from .memory_guard import check_latent
+
 MAX_SIZE = 16384
 _by_id: dict = {}      # id(tensor) -> (weakref to it, frames); tensors cannot be dict keys (== is elementwise)
 _by_shape: dict = {}
@@ -66,7 +68,8 @@ class UNet3DEmptyLatentVideo:
         }}
 
     def generate(self, width, height, frames, batch_size=1):
-        samples = torch.zeros([batch_size * frames, 4, height // 8, width // 8],
-                              device=comfy.model_management.intermediate_device())
+        shape, device = [batch_size * frames, 4, height // 8, width // 8], comfy.model_management.intermediate_device()
+        check_latent(shape, 4, device, "Empty UNet3D Video Latent")
+        samples = torch.zeros(shape, device=device)
         remember(samples, frames)
         return ({"samples": samples, "unet3d_frames": frames},)
