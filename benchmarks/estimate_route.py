@@ -15,9 +15,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from hostile_requests import CASES, EXTREME, populate  # noqa: E402
+
 from benchmarks._common import table  # noqa: E402
 from comfy_runner.server import ComfyServer  # noqa: E402
-from hostile_requests import CASES, EXTREME, populate  # noqa: E402
 
 REPEATS = 3
 

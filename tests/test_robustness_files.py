@@ -238,3 +238,40 @@ def test_convert_refuses_bad_outputs_cleanly_and_replaces_its_own_files(tmp_path
         assert convert_main([str(source), str(out)]) == 0
     assert (out / "notes.txt").read_text() == "mine" and json.loads((out / "config.json").read_text())["in_channels"]
     assert sorted(os.listdir(out)) == ["config.json", "diffusion_pytorch_model.safetensors", "notes.txt"]
+
+
+def test_a_file_promising_more_tensor_data_than_the_machine_has_is_refused_before_reading(tmp_path):
+    from unet3d.checkpoints.safe_io import machine_memory
+    from unet3d.errors import MemoryLimitError
+    memory = machine_memory()
+    elements = (2 * memory) // 2 + 1
+    path = raw_safetensors(tmp_path / "sparse.safetensors", {"conv_in.weight": {
+        "dtype": "F16", "shape": [elements], "data_offsets": [0, 2 * elements]}}, 2 * elements)  # sparse: no disk
+    with pytest.raises(MemoryLimitError, match=r"sparse\.safetensors holds .* GB of tensors, more than the"):
+        load(path)
+
+
+def test_json_nesting_is_measured_as_the_parser_nests():
+    """The depth bound is checked on the text before parsing; it must agree with the nesting json.loads builds,
+    brackets and escaped quotes inside strings included."""
+    import random
+
+    from unet3d.bounded_json import json_depth
+
+    def parsed_depth(value):
+        if isinstance(value, (list, dict)):
+            children = value.values() if isinstance(value, dict) else value
+            return 1 + max((parsed_depth(c) for c in children), default=0)
+        return 0
+    rng = random.Random(0)
+
+    def make(level):
+        pick = rng.random()
+        if level > 7 or pick < 0.3:
+            return rng.choice([1, 2.5, None, True, 'a[b{"\\', 'x]]}\\\\', "é😀", ""])
+        if pick < 0.65:
+            return [make(level + 1) for _ in range(rng.randint(0, 3))]
+        return {rng.choice(["k", "[", '}"', "\\"]) + str(i): make(level + 1) for i in range(rng.randint(0, 3))}
+    for _ in range(2000):
+        text = json.dumps(make(0), ensure_ascii=rng.random() < 0.5)
+        assert json_depth(text) == parsed_depth(json.loads(text)), text

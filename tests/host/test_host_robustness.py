@@ -142,3 +142,15 @@ def test_a_video_that_can_never_fit_is_refused_before_sampling(host, files):
 def test_an_empty_latent_larger_than_the_machine_is_refused(host):
     prompt = host.prompt(seed=63, steps=1, width=16384, height=16384, frames=4096, batch_size=64)
     _fails(host, prompt, "MemoryLimitError", "Empty UNet3D Video Latent", "Use fewer frames")
+
+
+def test_a_mistyped_set_input_is_named_with_the_close_names(host):
+    from comfy_runner.host import cache_root
+    from comfy_runner.workflow import WorkflowError
+    example = Path(__file__).resolve().parents[2] / "example_workflows" / "zeroscope_v2_576w_text_to_video.json"
+    with pytest.raises(WorkflowError, match=r"\(KSampler\) has no input 'stepz'\. Did you mean 'steps'\?"):
+        host.proc.request("prepare", workflow=json.loads(example.read_text()), sets=["KSampler.stepz=4"],
+                          cache_dir=str(cache_root()))
+    prepared = host.proc.request("prepare", workflow=json.loads(example.read_text()), sets=["KSampler.steps=1"],
+                                 cache_dir=str(cache_root()))
+    assert [n for n in prepared["prompt"].values() if n["class_type"] == "KSampler"][0]["inputs"]["steps"] == 1

@@ -20,7 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, MemoryLimitError, UnsafeCheckpointError
 from .safetensors_header import looks_like_safetensors, read_header
 
 PathLike = Union[str, Path]
@@ -116,7 +116,12 @@ def _first_bytes(path: Path) -> bytes:
 def _read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
     from safetensors import safe_open
 
-    read_header(path)  # every entry checked against the file size first: a clear message for damaged files
+    header = read_header(path)  # every entry checked against the file size first: a clear message for damaged files
+    data = sum(entry.end - entry.start for entry in header.entries.values())
+    memory = machine_memory()
+    if memory and data > memory:  # e.g. a sparse file whose header promises terabytes of zeros
+        raise MemoryLimitError(f"{path} holds {data / 1e9:.1f} GB of tensors, more than the {memory / 1e9:.1f} GB "
+                               f"of memory of this machine; it cannot be loaded here (is it the right file?).")
     try:
         try:  # safetensors >= 0.8: pread reads straight into tensor memory, no page-cache mapping counted twice
             handle = safe_open(str(path), framework="pt", device="cpu", backend="pread")
@@ -127,6 +132,14 @@ def _read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
     except Exception as exc:  # SafetensorError, OSError, dtype errors: all mean the file is unusable as is
         raise CorruptCheckpointError(f"{path} could not be read as safetensors: {exc}. The file is probably "
                                      f"truncated or corrupt; download it again.") from exc
+
+
+def machine_memory() -> int:
+    """Physical memory in bytes, or 0 where the system does not say (the check above is then skipped)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")

@@ -17,7 +17,7 @@ from .. import bounded_json
 from ..dtypes import from_safetensors
 from ..errors import CorruptCheckpointError
 
-MAX_HEADER_BYTES = 100 * 2**20      # the real 1.41 B-parameter UNet's header is about 150 kB
+MAX_HEADER_BYTES = 16 * 2**20       # the real 1.41 B-parameter UNet's header is about 150 kB, a full SDXL's 400 kB
 MAX_TENSORS = 200_000
 MAX_DIMS = 8
 MAX_ELEMENTS = 2**48                # no real tensor is near this; bounds shapes that hold zero elements too
