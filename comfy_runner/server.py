@@ -60,9 +60,17 @@ class ComfyServer:
                     self.close()
                     raise HostError(f"ComfyUI did not start:\n{self.log_tail()}")
                 time.sleep(1)
+        self.ready_at = self.log_path.stat().st_size
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
+
+    def log_since_ready(self) -> str:
+        """What the server logged after it started (start-up noise, e.g. core nodes missing optional packages,
+        excluded)."""
+        with open(self.log_path, "rb") as f:
+            f.seek(self.ready_at)
+            return f.read().decode(errors="replace")
 
     def request(self, path: str, data: Optional[bytes] = None, timeout: float = 60,
                 headers: Optional[dict] = None) -> Tuple[int, bytes]:
