@@ -22,8 +22,8 @@ from ..unet3d.memory.estimate import MemoryOptions, Workload, estimate
 from ..unet3d.video.folding import frame_layout
 
 WINDOW_CANDIDATES = (24, 16, 12, 8, 4, 2, 1)
-REMEDY = ("Add a UNet3D Frame Batching node before the sampler with context_length {length} (or less) and "
-          "max_batch_rows {length}, or use fewer frames or a smaller size.")
+REMEDY = ("Sample through a UNet3D Frame Batching node (between the model and the sampler) with context_length "
+          "{length} or less and max_batch_rows {length}, or use fewer frames or a smaller size.")
 
 
 def gb(n: float) -> str:
