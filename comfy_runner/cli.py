@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .client import HostCallError, HostProcess
 from .host import HostError, cache_root
+from .workflow import check_sets, read_workflow
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +48,8 @@ def _output_files(answer) -> list:
 
 
 def run(args) -> int:
-    workflow = json.loads(Path(args.workflow).read_text(encoding="utf-8"))
+    workflow = read_workflow(args.workflow)   # a bad file or --set fails here, before ComfyUI starts
+    check_sets(workflow, args.sets)
     output = Path(args.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     log_path = output / "comfyui.log"

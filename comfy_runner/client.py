@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .host import REPO_ROOT, provision
+from .workflow import WorkflowError
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
 
@@ -63,6 +64,8 @@ class HostProcess:
         self.proc.stdin.write(json.dumps({"cmd": cmd, **kwargs}) + "\n")
         self.proc.stdin.flush()
         answer = self._read()
+        if answer.get("kind") == "WorkflowError":
+            raise WorkflowError(answer["error"])
         if check and not answer.get("ok"):
             raise HostCallError(f"host {cmd} failed: {json.dumps(answer.get('error'), indent=1)[:4000]}\n"
                                 f"{answer.get('node_errors') or ''}\n{answer.get('traceback', '')}", answer)

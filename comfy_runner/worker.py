@@ -186,7 +186,7 @@ class Host:
     def prepare(self, workflow, sets=(), cache_dir=None, standins=True, quick=True, **_):
         """UI or API workflow -> API prompt with --set values applied and, if asked, stand-ins for missing models."""
         prompt = self.workflow.ui_to_api(workflow, self.nodes.NODE_CLASS_MAPPINGS)
-        self.workflow.apply_sets(prompt, list(sets))
+        self.workflow.apply_sets(prompt, list(sets), self.nodes.NODE_CLASS_MAPPINGS)
         notes = []
         if standins:
             prompt, notes = self.standins.substitute(self, prompt, cache_dir, quick=quick)
@@ -248,6 +248,8 @@ def main():
             result = handler(**request)
             result.setdefault("ok", True)
             answer(result)
+        except host.workflow.WorkflowError as exc:   # the user's workflow or --set: a message, no traceback
+            answer({"ok": False, "error": str(exc), "kind": "WorkflowError"})
         except Exception as exc:  # noqa: BLE001
             answer({"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
     return 0

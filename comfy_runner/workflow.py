@@ -8,8 +8,10 @@ type; Note / Reroute / Primitive nodes are resolved away. Pure functions; the no
 """
 from __future__ import annotations
 
+import difflib
 import json
-from typing import Any, Dict, List, Mapping, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
@@ -56,6 +58,14 @@ def _widget_values(node: Mapping[str, Any], widgets: List[Tuple[str, bool]]) -> 
 
 
 def ui_to_api(workflow: Mapping[str, Any], classes: Mapping[str, Any]) -> Dict[str, Any]:
+    try:
+        return _ui_to_api(workflow, classes)
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise WorkflowError(f"the workflow is malformed ({type(exc).__name__}: {exc}); save it again from "
+                            f"ComfyUI") from None
+
+
+def _ui_to_api(workflow: Mapping[str, Any], classes: Mapping[str, Any]) -> Dict[str, Any]:
     if is_api_format(workflow):
         return json.loads(json.dumps(workflow))
     if "nodes" not in workflow:
@@ -118,17 +128,82 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_sets(prompt: Dict[str, Any], assignments: List[str]) -> None:
-    """``node.input=value``: node is an id, a title, or a class_type that occurs once."""
+def read_workflow(path: str) -> Dict[str, Any]:
+    """The workflow in ``path``, checked to be a UI- or API-format workflow before any host starts."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise WorkflowError(f"cannot read the workflow {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise WorkflowError(f"{path} is not JSON ({exc}); pass a workflow saved from ComfyUI (Save, or Export "
+                            f"(API))") from None
+    if not isinstance(data, dict) or not (is_api_format(data) or isinstance(data.get("nodes"), list)) or not data:
+        kind = type(data).__name__ if not isinstance(data, dict) else "object"
+        raise WorkflowError(f"{path} holds a JSON {kind} that is not a ComfyUI workflow: expected the UI format (an "
+                            f"object with a 'nodes' list) or the API format (an object of {{id: {{'class_type', "
+                            f"'inputs'}}}})")
+    return data
+
+
+def node_index(workflow: Mapping[str, Any]) -> List[Tuple[str, str, str]]:
+    """(id, title, class name) of every node of a UI- or API-format workflow, for ``--set`` matching."""
+    if is_api_format(workflow):
+        return [(str(k), (v.get("_meta") or {}).get("title") or v["class_type"], v["class_type"])
+                for k, v in workflow.items()]
+    return [(str(n.get("id")), n.get("title") or n.get("type"), n.get("type")) for n in workflow.get("nodes") or []
+            if isinstance(n, dict) and n.get("type") not in VIRTUAL]
+
+
+def _split_set(item: str) -> Tuple[str, str, str]:
+    target, sep, value = item.partition("=")
+    node, dot, name = target.rpartition(".")
+    if not sep or not dot or not node or not name:
+        raise WorkflowError(f"--set {item!r}: expected node.input=value (node = id, title or class name)")
+    return node, name, value
+
+
+def _match(item: str, node: str, index: List[Tuple[str, str, str]]) -> str:
+    matches = [i for i, title, _ in index if node in (i, title)]
+    if not matches:
+        matches = [i for i, _, kind in index if kind == node]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise WorkflowError(f"--set {item!r}: node {node!r} matches {len(matches)} nodes ({matches}); use the node id")
+    names = sorted({title for _, title, _ in index} | {kind for _, _, kind in index})
+    close = difflib.get_close_matches(node, names, n=3)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise WorkflowError(f"--set {item!r}: no node {node!r} in this workflow.{hint} Nodes (id, title, class): "
+                        f"{', '.join(f'{i} {t!r} {k}' for i, t, k in index[:30])}")
+
+
+def check_sets(workflow: Mapping[str, Any], assignments: List[str]) -> None:
+    """The ``--set`` syntax and node names against the workflow file, before the host starts (input names need the
+    host's node classes: ``apply_sets``)."""
+    index = node_index(workflow)
     for item in assignments:
-        target, sep, value = item.partition("=")
-        node, dot, name = target.rpartition(".")
-        if not sep or not dot or not node or not name:
-            raise WorkflowError(f"--set {item!r}: expected node.input=value (node = id, title or class name)")
-        matches = [k for k, v in prompt.items() if k == node or v.get("_meta", {}).get("title") == node]
-        if not matches:
-            matches = [k for k, v in prompt.items() if v["class_type"] == node]
-        if len(matches) != 1:
-            raise WorkflowError(f"--set {item!r}: node {node!r} matches {len(matches)} nodes "
-                                f"({matches or sorted({v['class_type'] for v in prompt.values()})}); use the node id")
-        prompt[matches[0]]["inputs"][name] = parse_value(value)
+        node, _, _ = _split_set(item)
+        _match(item, node, index)
+
+
+def _input_names(cls: Any) -> List[str]:
+    spec = cls.INPUT_TYPES() or {}
+    return [name for section in ("required", "optional") for name in (spec.get(section) or {})]
+
+
+def apply_sets(prompt: Dict[str, Any], assignments: List[str], classes: Optional[Mapping[str, Any]] = None) -> None:
+    """``node.input=value``: node is an id, a title, or a class_type that occurs once. With ``classes`` (the host's
+    node classes), the input must be one the node takes."""
+    index = node_index(prompt)
+    for item in assignments:
+        node, name, value = _split_set(item)
+        target = _match(item, node, index)
+        kind = prompt[target]["class_type"]
+        if classes is not None and kind in classes:
+            names = _input_names(classes[kind])
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=3)
+                hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                raise WorkflowError(f"--set {item!r}: node {target} ({kind}) has no input {name!r}.{hint} Its inputs: "
+                                    f"{', '.join(names)}")
+        prompt[target]["inputs"][name] = parse_value(value)

@@ -99,7 +99,7 @@ def _slicing(inputs, state, where):
 
 def _chunking(inputs, state, where):
     dim = inputs.get("dim", "sequence")
-    if dim not in UNet3DForwardChunking.DIMS:
+    if not isinstance(dim, str) or dim not in UNet3DForwardChunking.DIMS:
         raise EstimateRequestError(f"`{where}.dim` must be one of {list(UNet3DForwardChunking.DIMS)}, got {dim!r}")
     size = node_int(UNet3DForwardChunking, "chunk_size", inputs.get("chunk_size"), where)
     chunk = _checked(where, validate_chunking, size, UNet3DForwardChunking.DIMS[dim])

@@ -3,7 +3,8 @@
 The request is parsed by ``nodes.estimate_request`` (the nodes' inputs are its schema). JSON out: ``weights``,
 ``activations``, ``total``, ``needed`` (bytes), ``free`` / ``total_memory`` of ComfyUI's torch device, ``fits``,
 ``suggestions`` (remedies with their ``needed`` bytes), ``first_fit``, ``text`` (one line for the node), and what was
-assumed (dtypes, attention path, calls per step). Any bad input answers 400 with ``{"ok": false, "error": ...}``.
+assumed (dtypes, attention path, calls per step). Any bad input answers 400 with ``{"ok": false, "error": ...,
+"kind": <the exception class, e.g. EstimateRequestError, CorruptCheckpointError>}``.
 
 The work runs in a worker thread, never on the server's event loop; bodies are bounded in size and nesting before
 they are parsed. The model's config comes from its checkpoint header (``unet3d.checkpoints.summary``). ComfyUI's
@@ -38,14 +39,14 @@ REMEDY_WORDS = {"ff_chunk": "feed-forward chunking (UNet3D Feed-Forward Chunking
 
 def model_summary(request: EstimateRequest) -> CheckpointSummary:
     """Header summary of the loader's choice (a UNet3D file or diffusers folder), or of a given config."""
-    from ..unet3d.network.config import UNet3DConfig
-    from .loader import resolve
+    from ..unet3d.checkpoints.loading import validated_config
+    from .loader import resolve, unet_choices
     if not request.model:
-        try:
-            known, _ = UNet3DConfig.from_dict(request.config)
-        except (ValueError, TypeError) as exc:
-            raise EstimateRequestError(f"`config` is not a valid UNet3D config: {exc}") from None
+        known = validated_config(request.config, "`config`")
         return CheckpointSummary(known, count_parameters(known), "fp16", "request", "given config")
+    if request.model not in unet_choices():
+        raise EstimateRequestError(f"`unet_name` {request.model!r:.300} is not in the Load UNet3D Model list; pick "
+                                   f"one of its choices (refresh the page after adding files)")
     paths, config_path = resolve(request.model)
     target = os.path.dirname(config_path) if config_path else paths[0]
     return summarize_checkpoint(target, request.config)
@@ -125,10 +126,11 @@ def answer(raw: bytes) -> Tuple[int, Dict[str, Any]]:
     try:
         return 200, estimate_response(parse_body(raw))
     except (UNet3DError, ValueError, OSError) as exc:     # bad input: the message says which and what to do
-        return 400, {"ok": False, "error": str(exc)}
+        return 400, {"ok": False, "error": str(exc), "kind": type(exc).__name__}
     except Exception as exc:  # noqa: BLE001 - a bug here must not become a traceback page; log it, answer 400
         log.exception("UNet3D estimate failed")
-        return 400, {"ok": False, "error": f"the estimate failed ({type(exc).__name__}: {exc})"}
+        return 400, {"ok": False, "error": f"the estimate failed ({type(exc).__name__}: {exc})",
+                     "kind": "InternalError"}
 
 
 def register() -> bool:
@@ -148,8 +150,15 @@ def register() -> bool:
     async def unet3d_estimate(request):
         if (request.content_length or 0) > MAX_BODY_BYTES:
             return web.json_response({"ok": False, "error": f"the request body is larger than {MAX_BODY_BYTES} "
-                                                            f"bytes"}, status=400)
-        raw = await request.content.read(MAX_BODY_BYTES + 1)
+                                                            f"bytes", "kind": "EstimateRequestError"}, status=400)
+        chunks, size = [], 0
+        while size <= MAX_BODY_BYTES:          # read() may return part of the body: read until the end or the cap
+            chunk = await request.content.read(MAX_BODY_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        raw = b"".join(chunks)
         status, body = await asyncio.get_running_loop().run_in_executor(None, answer, raw)
         return web.json_response(body, status=status)
     log.info("UNet3D: memory estimate route %s registered", ROUTE)

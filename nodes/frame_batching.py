@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from ..unet3d.errors import SettingError
 from ..unet3d.video.folding import frame_layout
 from ..unet3d.video.frame_batching import FrameCall, fuse_calls, plan_calls
 from ..unet3d.video.windows import DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, FUSE_METHODS, WindowSettings
@@ -82,7 +83,7 @@ class FrameBatchingWrapper:
 
 def check_batch_rows(max_batch_rows: int, context_length: int) -> None:
     if max_batch_rows and max_batch_rows < context_length:
-        raise ValueError(f"max_batch_rows ({max_batch_rows}) is smaller than context_length ({context_length}); "
+        raise SettingError(f"max_batch_rows ({max_batch_rows}) is smaller than context_length ({context_length}); "
                          f"one window of one video is the smallest UNet call. Use 0 (no cap) or at least "
                          f"{context_length}, or lower context_length.")
 
@@ -130,7 +131,10 @@ class UNet3DFrameBatching:
 
     def patch(self, model, context_length, context_overlap, context_stride, closed_loop, fuse_method,
               max_batch_rows):
-        settings = WindowSettings(context_length, context_overlap, context_stride, bool(closed_loop), fuse_method)
+        try:
+            settings = WindowSettings(context_length, context_overlap, context_stride, bool(closed_loop), fuse_method)
+        except ValueError as err:
+            raise SettingError(f"UNet3D Frame Batching: {err}") from None
         check_batch_rows(max_batch_rows, context_length)
         if model.model_options.get("context_handler") is not None:
             log.warning(CORE_WINDOWS_NOTICE)

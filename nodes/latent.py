@@ -16,6 +16,7 @@ import comfy.model_management
 import torch
 
 from ..unet3d.errors import UNet3DError
+from .memory_guard import check_latent
 
 MAX_SIZE = 16384
 FRAMES_KEY = "unet3d_frames_per_video"
@@ -66,7 +67,8 @@ class UNet3DEmptyLatentVideo:
                 f"side by side, and the model learns where one video ends from the conditioning. Connect {missing} "
                 f"through this node (its positive/negative outputs go to the sampler), or set batch_size to 1; "
                 f"otherwise the {batch_size * frames} latent rows would be sampled as one long video.")
-        samples = torch.zeros([batch_size * frames, 4, height // 8, width // 8],
-                              device=comfy.model_management.intermediate_device())
+        shape, device = [batch_size * frames, 4, height // 8, width // 8], comfy.model_management.intermediate_device()
+        check_latent(shape, 4, device, "Empty UNet3D Video Latent")
+        samples = torch.zeros(shape, device=device)
         marked = [None if c is None else with_frames(c, frames) for c in (positive, negative)]
         return ({"samples": samples}, *marked)

@@ -7,7 +7,6 @@ offload devices hands it to model management (lowvram streaming, fp8 storage via
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,16 +16,18 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import folder_paths
 
-from ..unet3d.checkpoints.folders import default_weight_files
+from ..unet3d.checkpoints.folders import default_weight_files, read_json
 from ..unet3d.checkpoints.loading import build_model, read_checkpoint
 from ..unet3d.dtypes import WEIGHT_DTYPES as STORAGE_DTYPES
 from ..unet3d.dtypes import by_name
+from ..unet3d.errors import CheckpointError, CheckpointNotFoundError, SettingError
 from .model_base import UNet3DModelConfig, build_args, wrap
 from .unet_adapter import ComfyUNet3D
 
 log = logging.getLogger("unet3d")
 
 DIFFUSERS_TAG = "[diffusers] "
+MAX_FOLDERS_WALKED = 20_000     # folders looked at under the diffusers model folders, for one listing
 # "default" lets ComfyUI pick for the device; the rest are the storage dtypes of unet3d's dtype table.
 WEIGHT_DTYPES = {"default": None, **{name: by_name(name).torch for name in STORAGE_DTYPES if name != "fp8_e5m2"}}
 
@@ -34,18 +35,22 @@ WEIGHT_DTYPES = {"default": None, **{name: by_name(name).torch for name in STORA
 def _diffusers_unet_dirs() -> List[Tuple[str, str]]:
     """(display name, unet directory) for every diffusers UNet3D under the 'diffusers' model folders: a pipeline
     folder with ``unet/config.json`` or a bare UNet folder whose config.json names UNet3DConditionModel."""
-    found = []
+    found, seen = [], set()
     for root in folder_paths.get_folder_paths("diffusers"):
         if not os.path.isdir(root):
             continue
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen or len(seen) >= MAX_FOLDERS_WALKED:  # a symlink loop, or a folder reached twice
+                dirnames[:] = []
+                continue
+            seen.add(real)
             dirnames.sort()
             if "config.json" not in filenames:
                 continue
             try:
-                with open(os.path.join(dirpath, "config.json"), encoding="utf-8") as fh:
-                    is_unet3d = json.load(fh).get("_class_name") == "UNet3DConditionModel"
-            except (OSError, ValueError):
+                is_unet3d = read_json(Path(dirpath) / "config.json").get("_class_name") == "UNet3DConditionModel"
+            except CheckpointError:
                 continue
             if is_unet3d:
                 rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
@@ -70,14 +75,14 @@ def resolve(unet_name: str) -> Tuple[List[str], Optional[str]]:
         if path is not None:
             return [path], None
     roots = folder_paths.get_folder_paths("unet") + folder_paths.get_folder_paths("diffusers")
-    raise FileNotFoundError(f"UNet3D model {unet_name!r} was not found. Put the .safetensors/.pth file in one of "
-                            f"{roots} (or a diffusers folder with unet/config.json under the diffusers folders) and "
-                            f"refresh the node list.")
+    raise CheckpointNotFoundError(f"UNet3D model {unet_name!r} was not found. Put the .safetensors/.pth file in one "
+                                  f"of {roots} (or a diffusers folder with unet/config.json under the diffusers "
+                                  f"folders) and refresh the node list.")
 
 
 def load_unet3d(unet_name: str, weight_dtype: str = "default"):
     if weight_dtype not in WEIGHT_DTYPES:
-        raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {list(WEIGHT_DTYPES)}")
+        raise SettingError(f"weight_dtype {weight_dtype!r} is not one of {list(WEIGHT_DTYPES)}")
     paths, config_path = resolve(unet_name)
     checkpoint = read_checkpoint(paths, config_path)
     load_device = mm.get_torch_device()

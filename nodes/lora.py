@@ -10,10 +10,17 @@ from __future__ import annotations
 import logging
 
 import comfy.lora
-import comfy.utils
 import folder_paths
 
-from ..unet3d.checkpoints.lora import LoraError, canonical_lora, parse_lora, read_lora
+from ..unet3d.checkpoints.lora import (
+    STRENGTH_LIMIT,
+    LoraError,
+    canonical_lora,
+    check_strength,
+    parse_lora,
+    read_lora,
+)
+from ..unet3d.errors import CheckpointNotFoundError
 from .patches import CATEGORY, MODEL_TIP, _unet
 
 log = logging.getLogger("unet3d")
@@ -53,17 +60,19 @@ class UNet3DLoraLoader:
             "lora_name": (folder_paths.get_filename_list("loras"), {
                 "tooltip": "A UNet3D LoRA file in models/loras. Text-encoder parts of the file are ignored."}),
             "strength": ("FLOAT", {
-                "default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                "default": 1.0, "min": -STRENGTH_LIMIT, "max": STRENGTH_LIMIT, "step": 0.01,
                 "tooltip": "Multiplies the LoRA's weight change (0: no effect; negative values invert it). "
                            "Several LoRA nodes in a row add up."}),
         }}
 
     def load(self, model, lora_name, strength=1.0):
+        strength = check_strength(strength)  # NaN passes ComfyUI's min/max check and would poison every frame
         path = folder_paths.get_full_path("loras", lora_name)
         if path is None:
-            raise FileNotFoundError(f"LoRA {lora_name!r} was not found in {folder_paths.get_folder_paths('loras')}; "
-                                    f"put the file there and refresh the node list.")
-        sd = comfy.utils.load_torch_file(path, safe_load=True)
+            raise CheckpointNotFoundError(f"LoRA {lora_name!r} was not found in "
+                                          f"{folder_paths.get_folder_paths('loras')}; put the file there and refresh "
+                                          f"the node list.")
+        sd, _ = read_lora(path)  # unet3d's safe reader: weights-only pickles, checked headers, errors naming the file
         patches, parsed = lora_patches(model, sd, path)
         if parsed.unmatched:
             log.warning("UNet3D LoRA %s: %d entries match no weight of this model and were ignored (first: %s)",

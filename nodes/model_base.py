@@ -21,6 +21,7 @@ from comfy.ldm.modules.attention import optimized_attention
 
 from ..unet3d.dtypes import name_of
 from ..unet3d.memory.estimate import MemoryOptions, Workload, estimate
+from . import memory_guard
 from .latent import FRAMES_KEY
 
 log = logging.getLogger("unet3d")
@@ -57,6 +58,15 @@ class UNet3DBaseModel(comfy.model_base.BaseModel):
         if frames:
             out["num_video_frames"] = comfy.conds.CONDConstant(int(frames))
         return out
+
+    def apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        """ComfyUI's apply_model, after refusing (MemoryLimitError) a call no memory setting can fit on the device."""
+        chunks = len(transformer_options.get("cond_or_uncond") or [None])
+        tokens = int(c_crossattn.shape[1]) if torch.is_tensor(c_crossattn) and c_crossattn.ndim == 3 else 77
+        compute = dtype_label(self.manual_cast_dtype or self.get_dtype())
+        memory_guard.check_call(self.__dict__.setdefault("_unet3d_fits", {}), self.diffusion_model.config, x, chunks,
+                                kwargs.get("num_video_frames"), compute, tokens)
+        return super().apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
     def memory_required(self, input_shape, cond_shapes={}):
         """Peak activation bytes of the largest UNet call (``unet3d.memory.estimate``), for ComfyUI's decision to

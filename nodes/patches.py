@@ -8,7 +8,9 @@ were.
 from __future__ import annotations
 
 import logging
+import math
 
+from ..unet3d.errors import SettingError
 from ..unet3d.network.options import validate_chunking, validate_slice_value
 from .patch_protocol import OUR_KEY
 
@@ -35,7 +37,7 @@ def _clone_with_option(model, key, value):
 def _unet(model):
     unet = getattr(getattr(model, "model", None), "diffusion_model", None)
     if unet is None or not hasattr(unet, "set_attention_slice"):
-        raise ValueError(f"This node patches UNet3D models; got a MODEL with diffusion_model "
+        raise SettingError(f"This node patches UNet3D models; got a MODEL with diffusion_model "
                          f"{type(unet).__name__}. Connect it after 'Load UNet3D Model'.")
     return unet
 
@@ -60,11 +62,12 @@ class UNet3DFreeU:
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The model with FreeU applied while sampling.",)
     MODES = ("diffusers", "comfy")
+    LIMIT = 10.0
 
     @classmethod
     def INPUT_TYPES(cls):
         def value(default, tip):
-            return ("FLOAT", {"default": default, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": tip})
+            return ("FLOAT", {"default": default, "min": 0.0, "max": cls.LIMIT, "step": 0.01, "tooltip": tip})
         return {"required": {
             "model": ("MODEL", {"tooltip": MODEL_TIP}),
             "b1": value(1.2, "Backbone factor of the coarsest decoder stage (first half of its channels)."),
@@ -80,8 +83,14 @@ class UNet3DFreeU:
 
     def patch(self, model, b1, b2, s1, s2, mode="diffusers"):
         _unet(model)
+        for name, number in (("b1", b1), ("b2", b2), ("s1", s1), ("s2", s2)):
+            # NaN passes ComfyUI's min/max check and would turn every frame into NaN
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
+                    or not 0 <= number <= self.LIMIT:
+                raise SettingError(f"UNet3D FreeU `{name}` must be a finite number from 0 to {self.LIMIT}, got "
+                                   f"{number!r}")
         if mode not in self.MODES:
-            raise ValueError(f"UNet3DFreeU mode must be one of {list(self.MODES)}, got {mode!r}")
+            raise SettingError(f"UNet3DFreeU mode must be one of {list(self.MODES)}, got {mode!r}")
         if mode == "comfy":
             log.warning("UNet3D FreeU: mode 'comfy' is deprecated; it now runs core FreeU. Replace this node by "
                         "core FreeU (model_patches) with the same values.")
@@ -98,8 +107,11 @@ def parse_slice_size(text) -> object:
     try:
         number = int(value)
     except ValueError:
-        raise ValueError(f"slice_size {text!r} is not 'auto', 'max' or a whole number") from None
-    validate_slice_value(number)
+        raise SettingError(f"slice_size {text!r} is not 'auto', 'max' or a whole number") from None
+    try:
+        validate_slice_value(number)
+    except ValueError as err:
+        raise SettingError(str(err)) from None
     return number
 
 
@@ -137,7 +149,7 @@ class UNet3DAttentionSlicing:
         if isinstance(value, int):
             smallest = min(module.heads for _, module in _unet(model)._attention_modules())
             if value > smallest:
-                raise ValueError(f"slice_size {value} is larger than the {smallest} heads of this model's smallest "
+                raise SettingError(f"slice_size {value} is larger than the {smallest} heads of this model's smallest "
                                  f"attention layer; use 'auto', 'max' or a number up to {smallest}.")
         else:
             _unet(model)
@@ -174,7 +186,7 @@ class UNet3DForwardChunking:
 
     def patch(self, model, chunk_size=1, dim="sequence"):
         if dim not in self.DIMS:
-            raise ValueError(f"dim must be one of {list(self.DIMS)}, got {dim!r}")
+            raise SettingError(f"dim must be one of {list(self.DIMS)}, got {dim!r}")
         _unet(model)
         chunk = validate_chunking(int(chunk_size), self.DIMS[dim])
         return (_clone_with_option(model, "ff_chunk", chunk),)

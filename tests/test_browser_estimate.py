@@ -9,17 +9,14 @@ Host: ``COMFYUI_PATH`` if set (e.g. ComfyUI 0.8.0 with comfyui-frontend-package)
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from hostile_files import header_only_unet
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -30,87 +27,31 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def chromium_path() -> str:
-    """Debian's chromium, installed with apt-get when missing and possible; else skip with the reason."""
+    """Debian's chromium, or skip with the way to get it. The test never installs anything itself."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found:
         return found
-    if shutil.which("apt-get") and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, capture_output=True, timeout=900)
-        found = shutil.which("chromium")
-        if found:
-            return found
-    pytest.skip("no Chromium: install Debian's `chromium` package (apt-get install -y chromium); this machine "
-                "cannot (not root, or no apt-get)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_header_only_unet(path: Path) -> None:
-    import struct
-
-    import torch
-
-    from unet3d import UNet3DConditionModel
-
-    with torch.device("meta"):
-        sd = UNet3DConditionModel().state_dict()
-    header, offset = {}, 0
-    for name, tensor in sd.items():
-        size = 2 * tensor.numel()
-        header[name] = {"dtype": "F16", "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        f.truncate(8 + len(blob) + offset)
+    pytest.skip("no Chromium on this machine: install Debian's `chromium` package (as root: "
+                "`bash scripts/install_chromium.sh`, which CI's .ci/run runs) to run the browser test")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from comfy_runner.host import HostError, provision
+    from comfy_runner.host import HostError
+    from comfy_runner.server import ComfyServer
 
     chromium = chromium_path()
-    try:
-        root = provision()
-    except HostError as exc:
-        pytest.skip(f"no ComfyUI host: {exc}")
     tmp = tmp_path_factory.mktemp("browser")
     (tmp / "models" / "unet").mkdir(parents=True)
-    write_header_only_unet(tmp / "models" / "unet" / UNET_FILE)
-    paths = tmp / "extra_model_paths.yaml"
-    paths.write_text(f"unet3d_browser_test:\n    base_path: {tmp / 'models'}\n    unet: unet\n")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    args = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-            "--extra-model-paths-config", str(paths), "--output-directory", str(tmp / "out"),
-            "--temp-directory", str(tmp / "temp"), "--input-directory", str(tmp / "in")]
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen(args, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    header_only_unet(tmp / "models" / "unet" / UNET_FILE)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(url + "/object_info/UNet3DLoader", timeout=5).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"ComfyUI did not start:\n{(tmp / 'server.log').read_text()[-4000:]}")
-                time.sleep(1)
-        yield {"url": url, "chromium": chromium, "log": tmp / "server.log"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        comfy = ComfyServer(tmp / "models", tmp)
+    except HostError as exc:
+        if "did not start" in str(exc):
+            pytest.fail(str(exc))
+        pytest.skip(f"no ComfyUI host: {exc}")
+    with comfy:
+        yield {"url": comfy.url, "chromium": chromium, "log": comfy.log_path}
 
 
 def estimate_text(page, node_type):

@@ -158,3 +158,31 @@ def test_plan_names_the_cheapest_remedy_that_fits():
     hopeless = plan({}, ZEROSCOPE_576W, opts, 10**8)
     assert hopeless["first_fit"] is None and hopeless["suggestions"][-1]["key"] == "stream_weights"
     assert plan({}, ZEROSCOPE_576W, opts, None)["fits"] is None
+
+
+def test_calls_are_counted_as_the_frame_batching_planner_makes_them():
+    """``largest_call`` counts windows without building them (a request of 4096 frames in windows of one frame must
+    not make millions of call objects); it must agree with the plan that sampling really runs."""
+    import random
+
+    from unet3d.memory.estimate import largest_call
+    from unet3d.video.folding import frame_layout
+    from unet3d.video.frame_batching import plan_calls
+    from unet3d.video.windows import WindowSettings
+
+    rng, checked = random.Random(0), 0
+    for _ in range(600):
+        videos, chunks, frames, length = rng.randint(1, 3), rng.randint(1, 2), rng.randint(1, 70), rng.randint(1, 30)
+        opts = MemoryOptions(context_length=length, context_overlap=rng.randint(0, length - 1),
+                             context_stride=rng.randint(1, 4), closed_loop=rng.random() < 0.3,
+                             max_batch_rows=rng.choice([0, rng.randint(length, 150)]))
+        window = min(length, frames)
+        settings = WindowSettings(window, opts.context_overlap if length < frames else 0, opts.context_stride,
+                                  opts.closed_loop)
+        layout = frame_layout(chunks * videos * frames, chunks, frames if videos > 1 else None)
+        calls = plan_calls(layout, settings.windows(frames), opts.max_batch_rows)
+        biggest = max(calls, key=lambda call: len(call.videos) * call.frames)
+        got = largest_call(Workload(frames, 4, 4, videos, chunks), opts)
+        assert got == (len(biggest.videos), biggest.frames, len(calls)), (videos, chunks, frames, opts)
+        checked += 1
+    assert checked == 600

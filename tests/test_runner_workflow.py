@@ -1,10 +1,20 @@
 """UI -> API workflow conversion and --set (comfy_runner/workflow.py), without ComfyUI."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from comfy_runner.workflow import WorkflowError, apply_sets, is_api_format, ui_to_api, widget_inputs
+from comfy_runner.workflow import (
+    WorkflowError,
+    apply_sets,
+    check_sets,
+    is_api_format,
+    read_workflow,
+    ui_to_api,
+    widget_inputs,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_workflows"
 
@@ -72,7 +82,7 @@ def test_set_by_id_title_and_class_and_errors():
     apply_sets(api, ["4.steps=3", "Sampler.cfg=1.5", "Save.filename_prefix=clip", "Loader.unet_name=a.pth"])
     assert api["4"]["inputs"]["steps"] == 3 and api["4"]["inputs"]["cfg"] == 1.5
     assert api["5"]["inputs"]["filename_prefix"] == "clip" and api["1"]["inputs"]["unet_name"] == "a.pth"
-    with pytest.raises(WorkflowError, match="matches 0 nodes"):
+    with pytest.raises(WorkflowError, match="no node .Nope. in this workflow"):
         apply_sets(api, ["Nope.x=1"])
     with pytest.raises(WorkflowError, match="node.input=value"):
         apply_sets(api, ["steps"])
@@ -90,3 +100,59 @@ def test_example_workflows_are_ui_format_with_a_note(name):
     wf = json.loads((EXAMPLES / name).read_text())
     types = {n["type"] for n in wf["nodes"]}
     assert {"UNet3DLoader", "UNet3DEmptyLatentVideo", "KSampler", "SaveAnimatedWEBP", "Note"} <= types
+
+
+def test_set_input_names_are_checked_against_the_node_with_a_suggestion():
+    api = ui_to_api(_workflow(), CLASSES)
+    with pytest.raises(WorkflowError, match=r"node 4 \(KSampler\) has no input 'stepz'\. Did you mean 'steps'\?"):
+        apply_sets(api, ["KSampler.stepz=4"], CLASSES)
+    apply_sets(api, ["KSampler.steps=4"], CLASSES)
+    assert api["4"]["inputs"]["steps"] == 4
+
+
+@pytest.mark.parametrize("sets, words", [
+    (["NoSuchNode.steps=4"], "no node 'NoSuchNode' in this workflow"),
+    (["KSamplr.steps=4"], "Did you mean 'KSampler'"),
+    (["steps=4"], "expected node.input=value"),
+])
+def test_set_nodes_are_checked_against_the_file_before_any_host(sets, words):
+    for workflow in (_workflow(), ui_to_api(_workflow(), CLASSES)):
+        with pytest.raises(WorkflowError, match=words):
+            check_sets(workflow, sets)
+    check_sets(_workflow(), ["Sampler.steps=3", "4.cfg=2", "Loader.unet_name=a.pth"])
+
+
+@pytest.mark.parametrize("content, words", [
+    ("[1, 2]", "holds a JSON list that is not a ComfyUI workflow"),
+    ("{}", "holds a JSON object that is not a ComfyUI workflow"),
+    ('{"a": 1}', "not a ComfyUI workflow"),
+    ("{nodes", "is not JSON"),
+])
+def test_workflow_files_that_are_not_workflows_are_named(tmp_path, content, words):
+    path = tmp_path / "wf.json"
+    path.write_text(content)
+    with pytest.raises(WorkflowError, match=words) as err:
+        read_workflow(str(path))
+    assert str(path) in str(err.value)
+    with pytest.raises(WorkflowError, match="cannot read the workflow"):
+        read_workflow(str(tmp_path / "missing.json"))
+
+
+def test_malformed_ui_workflow_is_a_workflow_error():
+    with pytest.raises(WorkflowError, match="the workflow is malformed"):
+        ui_to_api({"nodes": [{"type": "KSampler"}]}, CLASSES)
+
+
+@pytest.mark.parametrize("content, sets, words", [
+    ("[1, 2]", [], "holds a JSON list"),
+    (None, ["NoSuchNode.steps=4"], "no node 'NoSuchNode'"),
+])
+def test_command_line_fails_before_starting_comfyui(tmp_path, content, sets, words):
+    path = tmp_path / "wf.json"
+    path.write_text(content or (EXAMPLES / "zeroscope_v2_576w_text_to_video.json").read_text())
+    cmd = [sys.executable, "-m", "comfy_runner", "run", str(path), "--output", str(tmp_path / "out")]
+    for item in sets:
+        cmd += ["--set", item]
+    done = subprocess.run(cmd, cwd=EXAMPLES.parent, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and words in done.stderr, done.stdout + done.stderr
+    assert "starting ComfyUI" not in done.stdout and "Traceback" not in done.stderr

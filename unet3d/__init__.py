@@ -10,6 +10,8 @@ from .errors import (
                      ConfigError,
                      CorruptCheckpointError,
                      LoraError,
+                     MemoryLimitError,
+                     SettingError,
                      StateDictMismatchError,
                      UNet3DError,
                      UnsafeCheckpointError,
@@ -21,4 +23,4 @@ from .network.outputs import UNet3DConditionOutput
 
 __all__ = ["UNet3DConditionModel", "UNet3DConditionOutput", "UNet3DConfig", "UNet3DError", "ConfigError",
            "CheckpointError", "CheckpointNotFoundError", "CorruptCheckpointError", "StateDictMismatchError",
-           "UnsafeCheckpointError", "WrongModelError", "LoraError"]
+           "UnsafeCheckpointError", "WrongModelError", "LoraError", "SettingError", "MemoryLimitError"]

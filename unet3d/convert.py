@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .dtypes import WEIGHT_DTYPES, torch_dtype
-from .errors import CheckpointError
+from .errors import CheckpointError, UNet3DError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("input", type=Path,
                         help="checkpoint file (.safetensors, .pth, .pt, .bin, .ckpt), or a folder: a ModelScope / "
                              "Zeroscope release folder with text2video_pytorch_model.pth, or a diffusers folder")
-    parser.add_argument("output", type=Path, help="output folder (created; existing files are overwritten)")
+    parser.add_argument("output", type=Path,
+                        help="output folder (created if missing; in an existing folder, config.json and the weights "
+                             "file are replaced, other files are left alone)")
     parser.add_argument("--config", type=Path, default=None,
                         help="config.json (or a folder containing one) describing the model; default: inferred")
     parser.add_argument("--dtype", choices=WEIGHT_DTYPES, default=None,
@@ -43,10 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
 def convert(input_path: Path, output: Path, config: Optional[Path] = None, dtype: Optional[str] = None,
             variant: Optional[str] = None, attention_head_dim: Optional[int] = None) -> Path:
     """Load ``input_path`` with full validation and write it as a diffusers folder; returns the weights path."""
+    from .checkpoints.safe_io import usable_path
     from .model import UNet3DConditionModel
 
+    input_path, output = usable_path(input_path, "input checkpoint"), usable_path(output, "output folder")
+    if output.exists() and not output.is_dir():
+        raise CheckpointError(f"the output {output} is an existing file; give a folder to write config.json and the "
+                              f"weights into (a new path is created).")
+    if variant is not None and (not variant or Path(variant).name != variant or "\\" in variant):
+        raise CheckpointError(f"--variant {variant!r} must be a plain name such as fp16 (it becomes part of the "
+                              f"weights file name).")
     cast = torch_dtype(dtype) if dtype else None
-    if Path(input_path).is_dir() and config is None and attention_head_dim is None:
+    if input_path.is_dir() and config is None and attention_head_dim is None:
         model = UNet3DConditionModel.from_pretrained(input_path, torch_dtype=cast)
     else:
         model = UNet3DConditionModel.from_single_file(input_path, config=config, torch_dtype=cast,
@@ -59,8 +69,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     start = time.perf_counter()
     try:
         weights = convert(args.input, args.output, args.config, args.dtype, args.variant, args.attention_head_dim)
-    except CheckpointError as exc:
+    except UNet3DError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the output side: no space left, no permission, a read-only file system
+        print(f"error: could not write {args.output}: {exc.strerror or exc}"
+              f"{f' ({exc.filename})' if exc.filename else ''}. The folder may hold a partial result; free space "
+              f"or pick another output folder, and run again.", file=sys.stderr)
         return 1
     size = weights.stat().st_size / 2**30
     print(f"wrote {args.output / 'config.json'} and {weights} ({size:.2f} GiB) in "

@@ -38,5 +38,15 @@ class StateDictMismatchError(CheckpointError):
     """Key names or shapes in the file do not match the model built from the config."""
 
 
+class SettingError(UNet3DError):
+    """A setting (a node input, a call option, a field of a request) is outside what works; the message names it,
+    the value found and the values that work."""
+
+
+class MemoryLimitError(UNet3DError):
+    """A run would need more memory than the device (or the machine) has in all, whatever is freed first; refused
+    before anything is allocated. The message names the setting that makes it fit."""
+
+
 class LoraError(UNet3DError):
     """A LoRA file cannot be applied to this UNet3D. The message names the file, shows keys and says what works."""

@@ -36,6 +36,16 @@ def infer_config(sd: Mapping[str, torch.Tensor], source: str = "checkpoint",
 
     ``attention_head_dim`` overrides the head size read from ``transformer_in`` (falls back to 64 if that is absent).
     """
+    try:
+        return _infer(sd, source, attention_head_dim)
+    except IndexError:  # a tensor with fewer dimensions than its name implies
+        ranks = {k: tuple(v.shape) for k, v in sd.items() if k.endswith(".weight") and v.ndim < 2}
+        raise CheckpointError(f"{source}: cannot infer the UNet3D config, some weights have fewer dimensions than a "
+                              f"UNet3D layer of that name (e.g. {dict(list(ranks.items())[:3])}). The file is damaged "
+                              f"or describes another model; pass config= if it is a UNet3D.") from None
+
+
+def _infer(sd: Mapping[str, torch.Tensor], source: str, attention_head_dim: Optional[int]) -> Dict[str, Any]:
     conv_in = _shape(sd, "conv_in.weight", source)
     levels = _indices(sd, r"down_blocks\.(\d+)\.")
     if not levels or levels != list(range(len(levels))):

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from ..network.config import UNet3DConfig
+from ..network.limits import check_size
 from .config_inference import infer_config
 from .folders import (
     CONFIG_NAME,
@@ -31,7 +32,7 @@ from .folders import (
     resolve_model_folder,
     with_variant,
 )
-from .safe_io import cast_floating, write_safetensors
+from .safe_io import cast_floating, usable_path, write_safetensors
 from .state_dict import CheckpointInfo, assign_state_dict, build_on_meta, read_unet3d_state_dict
 
 log = logging.getLogger("unet3d")
@@ -57,6 +58,7 @@ def validated_config(raw: Mapping[str, Any], where: str, inferred: bool = False)
     """A UNet3DConfig from a config mapping; CheckpointError naming ``where`` when it is not valid."""
     try:
         config, ignored = UNet3DConfig.from_dict(raw)
+        check_size(config)
     except (ConfigError, ValueError, TypeError) as exc:
         if inferred:
             raise CheckpointError(f"the config inferred from the tensor shapes of {where} is not valid ({exc}). The "
@@ -73,7 +75,7 @@ def explicit_config(config: ConfigSource) -> Tuple[Dict[str, Any], str]:
     """(raw config mapping, where it came from) for a dict, a config.json path, or a model / pipeline folder."""
     if isinstance(config, Mapping):
         return dict(config), "the given config"
-    path = Path(config)
+    path = usable_path(config, "config path")
     if path.is_dir():  # a model folder, or a pipeline root whose unet/ holds the config
         nested = path / "unet" / CONFIG_NAME
         path = nested if not (path / CONFIG_NAME).exists() and nested.exists() else path / CONFIG_NAME
@@ -121,6 +123,7 @@ def load_pretrained(cls: Any, path: PathLike, subfolder: Optional[str] = None,
                     device=None) -> torch.nn.Module:
     """Load a diffusers-format UNet3D folder (or a pipeline root whose unet/ is used). A ModelScope / Zeroscope
     release folder (``text2video_pytorch_model.pth`` and no config.json) is loaded as a single file."""
+    usable_path(Path(path) / subfolder if subfolder else path, "model folder")
     original = original_release_file(path, subfolder)
     if original is not None:
         if variant:
@@ -139,6 +142,7 @@ def load_single_file(cls: Any, path: PathLike, config: Optional[ConfigSource] = 
                      torch_dtype: Optional[torch.dtype] = None, attention_head_dim: Optional[int] = None,
                      device=None) -> torch.nn.Module:
     """Load one checkpoint file in diffusers or original ModelScope layout; infer the config if none is given."""
+    usable_path(path, "checkpoint")
     checkpoint = read_checkpoint([path], config, attention_head_dim)
     return build_model(cls, checkpoint, torch_dtype, device)
 

@@ -32,7 +32,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..errors import LoraError
+from ..errors import LoraError, SettingError
 from .layouts import map_original_key, unwrap
 
 log = logging.getLogger("unet3d")
@@ -65,6 +65,7 @@ _UNSUPPORTED = (
     (re.compile(r"\.bias$"), "trained biases (stable_lora lora_bias='all'/'lora_only')"),
 )
 _ROLE = {"A": "down", "B": "up", "down": "down", "up": "up", "alpha": "alpha"}
+STRENGTH_LIMIT = 10.0   # |strength|; far past any useful value, and it keeps weights finite
 
 
 @dataclass(frozen=True)
@@ -193,11 +194,12 @@ def parse_lora(sd: Mapping[str, torch.Tensor], base_shapes: Mapping[str, Sequenc
             continue
         if layout:
             layouts.add(layout)
-        entry = parts.setdefault(base, {"source": module})
+        entry = parts.setdefault(base, {"source": module, "keys": {}})
         if role in entry:
             raise LoraError(f"{source}: two entries give the {role} factor of weight {base} (second: {key}); the "
                             f"file mixes layouts or holds two LoRAs. Save one LoRA per file.")
         entry[role] = tensor
+        entry["keys"][role] = key
     if unsupported:
         kinds = "; ".join(f"{kind} (e.g. {_describe(keys, 2)})" for kind, keys in unsupported.items())
         raise LoraError(f"{source} uses LoRA variants this UNet3D loader does not apply: {kinds}. Supported: "
@@ -211,39 +213,77 @@ def parse_lora(sd: Mapping[str, torch.Tensor], base_shapes: Mapping[str, Sequenc
     for base, entry in parts.items():
         missing = [r for r in ("up", "down") if r not in entry]
         if missing:
-            if set(entry) == {"source", "alpha"}:
+            if set(entry) == {"source", "keys", "alpha"}:
                 continue  # an alpha whose factors are absent: nothing to apply
             raise LoraError(f"{source}: weight {base} (LoRA module {entry['source']}) has no {missing[0]} factor; "
                             f"the file is incomplete or mixes layouts.")
-        alpha = entry.get("alpha")
-        pairs[base] = LoraPair(base, entry["up"], entry["down"],
-                               None if alpha is None else float(torch.as_tensor(alpha).float().item()),
-                               str(entry["source"]))
+        pairs[base] = _checked_pair(base, entry, base_shapes[base], source)
     if not pairs:
         sample = unmatched or list(sd)
         raise LoraError(f"{source} matches no weight of this UNet3D (LoRA keys, first: {_describe(sample)}). It is "
                         f"probably a LoRA for another model (an image UNet, a text encoder only) or for a UNet3D of "
                         f"another size. Supported layouts: {'; '.join(SUPPORTED_LAYOUTS)}.")
+    _check_finite(pairs, parts, source)
     return ParsedLora(pairs, sorted(layouts), skipped, unmatched)
 
 
+def _checked_pair(base: str, entry: Dict[str, object], shape: Sequence[int], source: str) -> LoraPair:
+    """The pair of one weight, its factors checked (floating matrices or conv kernels, rank >= 1, a single finite
+    alpha, shapes that form the weight) so that applying it cannot fail or divide by zero."""
+    keys = entry["keys"]
+    for role in ("up", "down"):
+        factor = entry[role]
+        if not factor.is_floating_point() or factor.ndim < 2 or factor.shape[0] == 0:
+            raise LoraError(f"{source}: {keys[role]} is a {tuple(factor.shape)} {factor.dtype} tensor; a LoRA factor "
+                            f"is a floating-point matrix (or conv kernel) of rank >= 1. The file is damaged or not a "
+                            f"LoRA.")
+    alpha = entry.get("alpha")
+    if alpha is not None:
+        if alpha.numel() != 1 or not math.isfinite(float(alpha.reshape(()).float())):
+            raise LoraError(f"{source}: {keys['alpha']} should be one finite number, found a {tuple(alpha.shape)} "
+                            f"tensor{'' if alpha.numel() != 1 else ' holding ' + str(alpha.item())}. The file is "
+                            f"damaged.")
+        alpha = float(alpha.reshape(()).float())
+    pair = LoraPair(base, entry["up"], entry["down"], alpha, str(entry["source"]))
+    _product_rule(pair, shape, source)
+    return pair
+
+
+def _check_finite(pairs: Mapping[str, LoraPair], parts: Mapping[str, Dict[str, object]], source: str) -> None:
+    """NaN or infinity in a factor would turn every sampled frame into NaN without a word: refuse, naming keys."""
+    bad = [parts[base]["keys"][role] for base, pair in pairs.items() for role in ("up", "down")
+           if not getattr(pair, role).is_meta and not bool(torch.isfinite(getattr(pair, role)).all())]
+    if bad:
+        raise LoraError(f"{source}: {len(bad)} LoRA factors hold NaN or infinite values (first: {_describe(bad)}). "
+                        f"The file is damaged or its training diverged; use another save of this LoRA.")
+
+
+def check_strength(strength) -> float:
+    """``strength`` as a float; SettingError unless it is a finite number within +-STRENGTH_LIMIT."""
+    number = strength if isinstance(strength, (int, float)) and not isinstance(strength, bool) else None
+    if number is None or not math.isfinite(number) or abs(number) > STRENGTH_LIMIT:
+        raise SettingError(f"LoRA strength must be a finite number from {-STRENGTH_LIMIT} to {STRENGTH_LIMIT} (0: no "
+                           f"effect, negative: inverted), got {strength!r}")
+    return float(number)
+
+
 # ----------------------------------------------------------------------------------------------------- maths
-def _product_rule(pair: LoraPair, shape: Sequence[int]) -> str:
+def _product_rule(pair: LoraPair, shape: Sequence[int], source: str = "LoRA") -> str:
     """How ``up @ down`` becomes a delta of ``shape``: 'reshape', or 'mean' for stable_lora's Conv3d. Raises
     LoraError when the factors cannot form that shape (checked before any weight is touched)."""
     up_rows, up_cols = pair.up.shape[0], math.prod(pair.up.shape[1:])
     down_rows, down_cols = pair.down.shape[0], math.prod(pair.down.shape[1:])
     if up_cols != down_rows:
-        raise LoraError(f"LoRA factors of {pair.base_key} do not chain: up {tuple(pair.up.shape)}, down "
+        raise LoraError(f"{source}: the factors of {pair.base_key} do not chain: up {tuple(pair.up.shape)}, down "
                         f"{tuple(pair.down.shape)} (up's columns must equal down's rows, the rank)")
     shape, numel = tuple(shape), up_rows * down_cols
     if numel == math.prod(shape):
         return "reshape"
     if len(shape) == 5 and shape[3:] == (1, 1) and numel == math.prod(shape) * shape[2]:
         return "mean"
-    raise LoraError(f"LoRA for {pair.base_key} (module {pair.source}) has up {tuple(pair.up.shape)} x down "
-                    f"{tuple(pair.down.shape)}, which cannot form the weight's shape {shape}: the LoRA was made for "
-                    f"a model of another size.")
+    raise LoraError(f"{source}: the LoRA for {pair.base_key} (module {pair.source}) has up {tuple(pair.up.shape)} x "
+                    f"down {tuple(pair.down.shape)}, which cannot form the weight's shape {shape}: the LoRA was made "
+                    f"for a model of another size.")
 
 
 def lora_delta(pair: LoraPair, shape: Sequence[int], strength: float = 1.0) -> torch.Tensor:
@@ -297,10 +337,9 @@ def parse_for_model(model: torch.nn.Module, lora, source: Optional[str] = None) 
 def merge_lora(model: torch.nn.Module, lora, strength: float = 1.0) -> List[str]:
     """Add the LoRA's deltas to ``model``'s weights in place, remembering each weight's original the first time it
     is touched (so ``unmerge_lora`` restores it bit for bit, also after several LoRAs). Returns the changed keys."""
-    parsed = parse_for_model(model, lora)
+    strength = check_strength(strength)
+    parsed = parse_for_model(model, lora)  # every factor and shape checked before the first weight changes
     params = dict(model.named_parameters())
-    for key, pair in parsed.pairs.items():
-        _product_rule(pair, params[key].shape)  # every shape checked before the first weight changes
     if parsed.unmatched:
         log.warning("LoRA: %d entries match no weight of this UNet3D and were ignored (first: %s)",
                     len(parsed.unmatched), _describe(parsed.unmatched, 3))

@@ -10,6 +10,7 @@ The format is recognised from the file's first bytes, not its suffix, because re
 """
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import struct
@@ -19,7 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, MemoryLimitError, UnsafeCheckpointError
 from .safetensors_header import looks_like_safetensors, read_header
 
 PathLike = Union[str, Path]
@@ -32,18 +33,47 @@ def sniff_format(path: Path) -> str:
     """'safetensors', 'torch-zip', 'pickle', 'gguf' or 'unknown', from the first bytes of the file."""
     with open(path, "rb") as f:
         head = f.read(16)
+    if looks_like_safetensors(head, path.stat().st_size):
+        return "safetensors"
     if head[:4] == b"PK\x03\x04":
         return "torch-zip"
     if head[:1] == b"\x80":
         return "pickle"
     if head[:4] == b"GGUF":
         return "gguf"
-    if looks_like_safetensors(head):
-        return "safetensors"
+    if head[8:9] == b"{":
+        return "safetensors"  # with an impossible header length: read_header says what is wrong
     return "unknown"
 
 
+NAME_MAX, PATH_MAX = 255, 4096   # bytes: the limits of Linux and macOS file systems (Windows allows fewer)
+
+
+def usable_path(path: PathLike, what: str = "path") -> Path:
+    """``path`` as a Path; CheckpointNotFoundError naming it when no file system could hold it (a name over 255
+    bytes, a path over 4096, a NUL byte) or the system refuses to look at it (permissions, a symlink loop). A path
+    that simply does not exist passes: callers say what was expected there."""
+    text = os.fspath(path)
+    raw = os.fsencode(text)
+    shown = text if len(text) <= 160 else f"{text[:80]}...{text[-60:]} ({len(raw)} bytes)"
+    longest = max(len(part) for part in raw.split(b"/"))
+    if b"\0" in raw or longest > NAME_MAX or len(raw) > PATH_MAX:
+        reason = ("it contains a NUL byte" if b"\0" in raw else f"a name in it is {longest} bytes long"
+                  if longest > NAME_MAX else f"it is {len(raw)} bytes long")
+        raise CheckpointNotFoundError(f"The {what} {shown!r} cannot exist: {reason} (file systems allow names of at "
+                                      f"most {NAME_MAX} bytes and paths of {PATH_MAX}). Check the path.")
+    try:
+        os.stat(text)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise CheckpointNotFoundError(f"The {what} {shown!r} cannot be opened ({exc.strerror or exc}). Check the "
+                                      f"path and its permissions.") from None
+    return Path(text)
+
+
 def check_readable_file(path: Path) -> int:
+    path = usable_path(path, "checkpoint")
     if not path.exists():
         raise CheckpointNotFoundError(f"Checkpoint not found: {path} does not exist.")
     if path.is_dir():
@@ -86,7 +116,12 @@ def _first_bytes(path: Path) -> bytes:
 def _read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
     from safetensors import safe_open
 
-    read_header(path)  # every entry checked against the file size first: a clear message for damaged files
+    header = read_header(path)  # every entry checked against the file size first: a clear message for damaged files
+    data = sum(entry.end - entry.start for entry in header.entries.values())
+    memory = machine_memory()
+    if memory and data > memory:  # e.g. a sparse file whose header promises terabytes of zeros
+        raise MemoryLimitError(f"{path} holds {data / 1e9:.1f} GB of tensors, more than the {memory / 1e9:.1f} GB "
+                               f"of memory of this machine; it cannot be loaded here (is it the right file?).")
     try:
         try:  # safetensors >= 0.8: pread reads straight into tensor memory, no page-cache mapping counted twice
             handle = safe_open(str(path), framework="pt", device="cpu", backend="pread")
@@ -99,13 +134,28 @@ def _read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
                                      f"truncated or corrupt; download it again.") from exc
 
 
+def machine_memory() -> int:
+    """Physical memory in bytes, or 0 where the system does not say (the check above is then skipped)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 _OPERAND_RE = re.compile(r"Unsupported operand \S+")
 
 
+def _torch_load(path: Path, mmap: bool) -> Any:
+    if path.name.endswith(".safetensors"):  # torch.load hands paths with this suffix to the safetensors library
+        with open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
+    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def _read_pickle(path: Path, mmap: bool) -> Any:
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+        return _torch_load(path, mmap)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" not in text and "Unsupported" not in text:

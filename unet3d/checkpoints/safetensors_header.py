@@ -17,9 +17,10 @@ from .. import bounded_json
 from ..dtypes import from_safetensors
 from ..errors import CorruptCheckpointError
 
-MAX_HEADER_BYTES = 100 * 2**20      # the real 1.41 B-parameter UNet's header is about 150 kB
+MAX_HEADER_BYTES = 16 * 2**20       # the real 1.41 B-parameter UNet's header is about 150 kB, a full SDXL's 400 kB
 MAX_TENSORS = 200_000
 MAX_DIMS = 8
+MAX_ELEMENTS = 2**48                # no real tensor is near this; bounds shapes that hold zero elements too
 MAX_NESTING = 4                     # {entries: {name: {field: [numbers]}}} is three levels deep
 
 
@@ -44,9 +45,10 @@ class SafetensorsHeader:
     file_size: int
 
 
-def looks_like_safetensors(head: bytes) -> bool:
-    """True for the first bytes of a safetensors file (an 8-byte length, then the JSON object's ``{``)."""
-    return len(head) >= 9 and head[8:9] == b"{"
+def looks_like_safetensors(head: bytes, size: int) -> bool:
+    """True for the first bytes of a safetensors file of ``size`` bytes: an 8-byte header length that fits in the file,
+    then the JSON object's ``{``. (A length whose first byte is 0x80 must not pass for a pickle's opcode.)"""
+    return len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] + 8 <= size
 
 
 def _bad(path: Path, what: str) -> CorruptCheckpointError:
@@ -68,6 +70,8 @@ def _entry(path: Path, name: str, raw: Any, data_bytes: int) -> TensorEntry:
     if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(_is_count(s) for s in shape):
         raise _bad(path, f"tensor {name!r} has shape {shape!r}; expected a list of at most {MAX_DIMS} whole "
                          f"numbers >= 0")
+    if math.prod(max(s, 1) for s in shape) > MAX_ELEMENTS:
+        raise _bad(path, f"tensor {name!r} has shape {shape}, larger than any real tensor (more than 2^48 elements)")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
         raise _bad(path, f"tensor {name!r} has data_offsets {offsets!r}; expected [start, end] whole numbers")
     start, end = offsets

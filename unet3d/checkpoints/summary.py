@@ -25,7 +25,7 @@ from .config_inference import infer_config
 from .folders import default_weight_files
 from .layouts import ORIGINAL, check_is_unet3d, detect_layout, original_to_diffusers, strip_prefix
 from .loading import explicit_config, validated_config
-from .safe_io import check_readable_file, read_weight_file, sniff_format
+from .safe_io import check_readable_file, read_weight_file, sniff_format, usable_path
 from .safetensors_header import read_header
 
 PUBLISHED_PARAMETERS = 1_411_233_860          # ModelScope 1.7B = Zeroscope v2 576w = Zeroscope v2 XL
@@ -53,7 +53,7 @@ def config_from_shapes(shapes: Mapping[str, Tuple[int, ...]], source: str = "che
     check_is_unet3d(metas, source)
     if detect_layout(metas) == ORIGINAL:
         metas = original_to_diffusers(metas, source)
-    config, _ignored = UNet3DConfig.from_dict(infer_config(metas, source))
+    config = validated_config(infer_config(metas, source), source, inferred=True)
     return config, sum(t.numel() for t in metas.values())
 
 
@@ -116,7 +116,7 @@ def summarize_checkpoint(path: Union[str, Path], config: Optional[Mapping] = Non
     """Config, parameter count and storage dtype of a UNet3D checkpoint, without reading its weights.
 
     ``config``: a known config (then only the dtype is read from the file, where possible)."""
-    path = Path(path)
+    path = usable_path(path, "checkpoint")
     if not path.exists():
         raise CheckpointNotFoundError(f"{path} does not exist; pick a model file from the loader's list")
     known = None if config is None else validated_config(config, "the given config")

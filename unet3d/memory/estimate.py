@@ -49,8 +49,8 @@ from ..network import config as cfgmod
 from ..network.options import slice_size_for, validate_chunking, validate_slice_value
 from ..network.parameters import count_parameters
 from ..video.folding import frame_layout
-from ..video.frame_batching import plan_calls
-from ..video.windows import DEFAULT_CONTEXT_OVERLAP, WindowSettings
+from ..video.frame_batching import window_split
+from ..video.windows import DEFAULT_CONTEXT_OVERLAP, window_lengths
 
 K_TCONV = 5            # temporal conv working set, in multiples of its input (see docstring)
 FF_WIDTHS = 13         # GEGLU projection (8I) + gelu(gate) multiplied in place (4I) + a matmul buffer (I)
@@ -228,18 +228,23 @@ def activation_peak(config: Mapping[str, Any], videos: int, frames: int, height:
 
 # ------------------------------------------------------------------------------------------------ the call
 def largest_call(workload: Workload, opts: MemoryOptions) -> Tuple[int, int, int]:
-    """(videos in the largest call (all chunks), frames per video in it, calls per sampling step)."""
+    """(videos in the largest call (all chunks), frames per video in it, calls per step), as
+    ``unet3d.video.frame_batching.plan_calls`` would plan them, counted without building the plan."""
     videos, frames = workload.videos, workload.frames
     length = opts.context_length or frames
     if length >= frames and not opts.max_batch_rows:
         return videos * workload.cond_chunks, frames, 1
     overlap = min(opts.context_overlap, max(length - 1, 0))
-    windows = WindowSettings(min(length, frames), overlap if length < frames else 0, opts.context_stride,
-                             opts.closed_loop).windows(frames)
+    lengths = window_lengths(frames, min(length, frames), overlap if length < frames else 0, opts.context_stride,
+                             opts.closed_loop)
     layout = frame_layout(workload.cond_chunks * videos * frames, workload.cond_chunks, frames if videos > 1 else None)
-    calls = plan_calls(layout, windows, opts.max_batch_rows)
-    biggest = max(calls, key=lambda call: len(call.videos) * call.frames)
-    return len(biggest.videos), biggest.frames, len(calls)
+    biggest, calls = (0, 0), 0
+    for window, count in lengths.items():          # the first largest call wins ties, as max() over the plan does
+        split_calls, call_videos = window_split(layout, window, opts.max_batch_rows)
+        calls += count * split_calls
+        if call_videos * window > biggest[0] * biggest[1]:
+            biggest = (call_videos, window)
+    return biggest[0], biggest[1], calls
 
 
 def validate(workload: Workload, opts: MemoryOptions) -> None:

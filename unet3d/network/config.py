@@ -72,6 +72,8 @@ def normalize(**kwargs: Any) -> Dict[str, Any]:
     cfg = dict(DEFAULTS)
     cfg.update(kwargs)
     for key in ("down_block_types", "up_block_types", "block_out_channels"):
+        if not isinstance(cfg[key], (list, tuple)):
+            _fail(key, cfg[key], "must be a list with one entry per level")
         cfg[key] = tuple(cfg[key])
     for key in ("attention_head_dim", "num_attention_heads"):
         if isinstance(cfg[key], (list, tuple)):
@@ -96,6 +98,10 @@ def _per_level(cfg: Mapping[str, Any], key: str) -> Optional[Tuple[Any, ...]]:
     return (value,) * levels
 
 
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
     down, up, widths = cfg["down_block_types"], cfg["up_block_types"], cfg["block_out_channels"]
     if not widths:
@@ -117,11 +123,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
         _fail("block_out_channels", widths, "every width must be a positive integer")
     if not isinstance(cfg["downsample_padding"], int) or cfg["downsample_padding"] < 0:
         _fail("downsample_padding", cfg["downsample_padding"], "must be an integer >= 0")
-    if not cfg["mid_block_scale_factor"] or cfg["mid_block_scale_factor"] <= 0:
+    if not _positive_number(cfg["mid_block_scale_factor"]):
         _fail("mid_block_scale_factor", cfg["mid_block_scale_factor"], "must be > 0 (outputs are divided by it)")
-    if cfg["act_fn"] not in ACTIVATIONS:
+    if not isinstance(cfg["act_fn"], str) or cfg["act_fn"] not in ACTIVATIONS:
         _fail("act_fn", cfg["act_fn"], f"must be one of {tuple(ACTIVATIONS)}")
-    if not cfg["norm_eps"] or cfg["norm_eps"] <= 0:
+    if not _positive_number(cfg["norm_eps"]):
         _fail("norm_eps", cfg["norm_eps"], "must be > 0")
     groups = inner_groups(cfg)
     if not isinstance(groups, int) or groups < 1:

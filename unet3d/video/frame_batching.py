@@ -82,6 +82,17 @@ def plan_calls(layout: FrameLayout, windows: Sequence[FrameWindow], max_batch_ro
     return calls
 
 
+def window_split(layout: FrameLayout, length: int, max_batch_rows: int = 0) -> Tuple[int, int]:
+    """(calls, videos in the first and largest call) that ``plan_calls`` makes for one window of ``length`` frames,
+    computed without planning them."""
+    chunks, v = layout.chunks, layout.videos_per_chunk
+    if max_batch_rows == 0 or v * length <= max_batch_rows:
+        per_call = chunks if max_batch_rows == 0 else max(max_batch_rows // (v * length), 1)
+        return -(-chunks // per_call), v * min(per_call, chunks)
+    per_call = max(max_batch_rows // length, 1)
+    return chunks * -(-v // per_call), min(per_call, v)
+
+
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 FUSE_METHODS = ("flat", "pyramid", "overlap-linear")
 DEFAULT_CONTEXT_LENGTH = 24
@@ -64,15 +64,19 @@ def validate_settings(context_length: int, context_overlap: int, context_stride:
         raise ValueError(f"fuse_method must be one of {list(FUSE_METHODS)}, got {fuse_method!r}")
 
 
+def window_count(count: int, length: int, overlap: int, closed: bool) -> int:
+    """How many windows ``window_starts`` spreads over ``count`` positions (``count > length``)."""
+    step = length - overlap
+    return -(-count // step) if closed else -(-(count - overlap) // step)
+
+
 def window_starts(count: int, length: int, overlap: int, closed: bool) -> List[int]:
     """Starts of the fewest evenly spread windows of ``length`` over ``count`` positions that overlap by at least
     ``overlap`` (``count > length``). Open: the first starts at 0 and the last ends at ``count``. Closed: windows
     wrap, and the last one overlaps the first across the seam."""
-    step = length - overlap
+    n = window_count(count, length, overlap, closed)
     if closed:
-        n = -(-count // step)
         return [round(i * count / n) for i in range(n)]
-    n = -(-(count - overlap) // step)
     return [round(i * (count - length) / (n - 1)) for i in range(n)]
 
 
@@ -130,6 +134,28 @@ def stride_levels(num_frames: int, context_length: int, context_stride: int) -> 
             break
         levels.append(step)
     return levels
+
+
+def window_lengths(num_frames: int, context_length: int = DEFAULT_CONTEXT_LENGTH,
+                   context_overlap: int = DEFAULT_CONTEXT_OVERLAP, context_stride: int = 1,
+                   closed_loop: bool = False) -> Dict[int, int]:
+    """{window length: number of windows} of ``frame_windows`` with these settings, lengths in the order they first
+    occur there, counted without building the windows (a memory estimate of 4096 frames in windows of one frame
+    must not make 32k window objects)."""
+    if not _is_int(num_frames) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
+    validate_settings(context_length, context_overlap, context_stride, "flat")
+    if context_length >= num_frames:
+        return {num_frames: 1}
+    counts: Dict[int, int] = {}
+    for step in stride_levels(num_frames, context_length, context_stride):
+        for offset in range(step):
+            count = len(range(offset, num_frames, step))
+            closed = closed_loop and num_frames % step == 0
+            length, windows = (count, 1) if count <= context_length else (
+                context_length, window_count(count, context_length, context_overlap, closed))
+            counts[length] = counts.get(length, 0) + windows
+    return counts
 
 
 @lru_cache(maxsize=256)
