@@ -10,9 +10,11 @@ from .errors import (
                      ConfigError,
                      CorruptCheckpointError,
                      LoraError,
+                     ReadOnlyError,
                      StateDictMismatchError,
                      UNet3DError,
                      UnsafeCheckpointError,
+                     UnsupportedOptionError,
                      WrongModelError,
 )
 from .model import UNet3DConditionModel
@@ -21,4 +23,5 @@ from .network.outputs import UNet3DConditionOutput
 
 __all__ = ["UNet3DConditionModel", "UNet3DConditionOutput", "UNet3DConfig", "UNet3DError", "ConfigError",
            "CheckpointError", "CheckpointNotFoundError", "CorruptCheckpointError", "StateDictMismatchError",
-           "UnsafeCheckpointError", "WrongModelError", "LoraError"]
+           "UnsafeCheckpointError", "WrongModelError", "LoraError",
+           "UnsupportedOptionError", "ReadOnlyError"]
