@@ -39,7 +39,7 @@ def parse_shard_size(value: Union[int, str]) -> int:
         unit = text[-2:].upper()
         try:
             size = int(float(text[:-2].strip()) * _UNITS[unit])
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, OverflowError):
             raise ConfigError(f"max_shard_size={value!r} is not a size: use digits and a unit among "
                               f"{', '.join(_UNITS)} (e.g. '5GB'), or an int of bytes") from None
     if size < 1:
