@@ -11,10 +11,12 @@ from .errors import (
                      CorruptCheckpointError,
                      LoraError,
                      MemoryLimitError,
+                     ReadOnlyError,
                      SettingError,
                      StateDictMismatchError,
                      UNet3DError,
                      UnsafeCheckpointError,
+                     UnsupportedOptionError,
                      WrongModelError,
 )
 from .model import UNet3DConditionModel
@@ -23,4 +25,5 @@ from .network.outputs import UNet3DConditionOutput
 
 __all__ = ["UNet3DConditionModel", "UNet3DConditionOutput", "UNet3DConfig", "UNet3DError", "ConfigError",
            "CheckpointError", "CheckpointNotFoundError", "CorruptCheckpointError", "StateDictMismatchError",
-           "UnsafeCheckpointError", "WrongModelError", "LoraError", "SettingError", "MemoryLimitError"]
+           "UnsafeCheckpointError", "WrongModelError", "LoraError", "SettingError", "MemoryLimitError",
+           "UnsupportedOptionError", "ReadOnlyError"]

@@ -10,6 +10,15 @@ class UNet3DError(ValueError):
     """Base class: something given to this package (a file, a config, a value) cannot be used as it is."""
 
 
+class UnsupportedOptionError(UNet3DError, NotImplementedError):
+    """A diffusers option outside this package's scope (Hub download, accelerate device maps, quantisation...).
+    The message says so and what to do instead."""
+
+
+class ReadOnlyError(UNet3DError, TypeError):
+    """Something read-only (a model config, a forward output's keys) was asked to change."""
+
+
 class ConfigError(UNet3DError):
     """A model config (constructor arguments or a config.json) is invalid."""
 

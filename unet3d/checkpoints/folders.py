@@ -58,15 +58,26 @@ def default_weight_files(folder: Path) -> List[Path]:
     return find_weight_files(folder, variant)
 
 
-def find_weight_files(folder: Path, variant: Optional[str] = None) -> List[Path]:
-    """The weight file(s) of a diffusers model folder, preferring safetensors; shards via their index json."""
-    for ext in ("safetensors", "bin"):
-        single = folder / with_variant(f"{WEIGHTS_NAME}.{ext}", variant)
-        if single.is_file():
-            return [single]
+def find_weight_files(folder: Path, variant: Optional[str] = None,
+                      use_safetensors: Optional[bool] = None) -> List[Path]:
+    """The weight file(s) of a diffusers model folder, in diffusers' order: safetensors before pickles and, within a
+    format, a shard index before a single file. ``use_safetensors``: True = safetensors only, False = pickles only
+    (read with the safe loader), None = either."""
+    formats = {True: ("safetensors",), False: ("bin",)}.get(use_safetensors, ("safetensors", "bin"))
+    for ext in formats:
         index = folder / with_variant(f"{WEIGHTS_NAME}.{ext}.index.json", variant)
         if index.is_file():
             return shards_from_index(index)
+        single = folder / with_variant(f"{WEIGHTS_NAME}.{ext}", variant)
+        if single.is_file():
+            return [single]
+    if len(formats) == 1:
+        other = "bin" if formats[0] == "safetensors" else "safetensors"
+        present = sorted(p.name for p in folder.glob(f"{WEIGHTS_NAME}*.{other}*"))
+        if present:
+            raise CheckpointNotFoundError(f"{folder} has no .{formats[0]} weights (use_safetensors={use_safetensors}) "
+                                          f"but has {', '.join(present[:3])}. Pass use_safetensors=None to read "
+                                          f"whichever is there.")
     variants = variants_present(folder)
     expected = f"{with_variant(WEIGHTS_NAME + '.safetensors', variant)} (or .bin, or a sharded *.index.json)"
     if variant:

@@ -18,21 +18,20 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, UnsupportedOptionError
 from ..network.config import UNet3DConfig
 from ..network.limits import check_size
 from .config_inference import infer_config
 from .folders import (
     CONFIG_NAME,
-    WEIGHTS_NAME,
     check_class,
     find_weight_files,
     original_release_file,
     read_json,
     resolve_model_folder,
-    with_variant,
 )
-from .safe_io import cast_floating, usable_path, write_safetensors
+from .safe_io import cast_floating, usable_path
+from .sharding import DEFAULT_MAX_SHARD_SIZE, check_save_folder, parse_shard_size, write_weights
 from .state_dict import CheckpointInfo, assign_state_dict, build_on_meta, read_unet3d_state_dict
 
 log = logging.getLogger("unet3d")
@@ -120,9 +119,13 @@ def build_model(cls: Any, checkpoint: Checkpoint, torch_dtype: Optional[torch.dt
 
 def load_pretrained(cls: Any, path: PathLike, subfolder: Optional[str] = None,
                     torch_dtype: Optional[torch.dtype] = None, variant: Optional[str] = None,
-                    device=None) -> torch.nn.Module:
+                    device=None, use_safetensors: Optional[bool] = None,
+                    config_overrides: Optional[Mapping[str, Any]] = None) -> torch.nn.Module:
     """Load a diffusers-format UNet3D folder (or a pipeline root whose unet/ is used). A ModelScope / Zeroscope
-    release folder (``text2video_pytorch_model.pth`` and no config.json) is loaded as a single file."""
+    release folder (``text2video_pytorch_model.pth`` and no config.json) is loaded as a single file.
+
+    ``use_safetensors``: as in diffusers (True: safetensors only; False: pickles only; None: either).
+    ``config_overrides``: config.json entries to replace (diffusers' ``from_pretrained(..., in_channels=8)``)."""
     usable_path(Path(path) / subfolder if subfolder else path, "model folder")
     original = original_release_file(path, subfolder)
     if original is not None:
@@ -130,12 +133,30 @@ def load_pretrained(cls: Any, path: PathLike, subfolder: Optional[str] = None,
             raise CheckpointNotFoundError(f"{original.parent} is a ModelScope-layout folder; it has no {variant!r} "
                                           f"variant. Pass variant=None.")
         log.info("%s has no config.json; loading its ModelScope checkpoint %s", original.parent, original.name)
-        return load_single_file(cls, original, torch_dtype=torch_dtype, device=device)
+        return load_single_file(cls, original, config=_overridden(None, config_overrides), torch_dtype=torch_dtype,
+                                device=device)
     folder = resolve_model_folder(path, subfolder)
-    checked_config(folder / CONFIG_NAME)  # a wrong or broken config.json is named before weights are looked for
-    files = find_weight_files(folder, variant)
-    checkpoint = read_checkpoint(files, folder / CONFIG_NAME, source=str(files[0] if len(files) == 1 else folder))
+    raw, origin = explicit_config(folder / CONFIG_NAME)
+    if raw.get("quantization_config") is not None:
+        raise UnsupportedOptionError(f"{origin} describes a quantised model (quantization_config); quantisation "
+                                     f"back-ends are out of scope of unet3d. Load the unquantised weights, or use "
+                                     f"diffusers with its quantizer for this folder.")
+    config = _overridden(raw, config_overrides)
+    validated_config(config, origin)  # a wrong or broken config is named before weights are looked for
+    files = find_weight_files(folder, variant, use_safetensors)
+    checkpoint = read_checkpoint(files, config, source=str(files[0] if len(files) == 1 else folder))
+    checkpoint.config_origin = origin if config is raw else f"{origin} with {sorted(config_overrides)} replaced"
     return build_model(cls, checkpoint, torch_dtype, device)
+
+
+def _overridden(raw: Optional[Dict[str, Any]], overrides: Optional[Mapping[str, Any]]):
+    if not overrides:
+        return raw
+    if raw is None:
+        raise UnsupportedOptionError(f"config overrides {sorted(overrides)} need a config.json; this folder holds "
+                                     f"a ModelScope checkpoint whose config is inferred. Pass a config to "
+                                     f"from_single_file instead.")
+    return {**raw, **overrides}
 
 
 def load_single_file(cls: Any, path: PathLike, config: Optional[ConfigSource] = None,
@@ -157,15 +178,21 @@ def config_as_json(model: torch.nn.Module) -> Dict[str, Any]:
     return data
 
 
-def save_pretrained(model: torch.nn.Module, folder: PathLike, variant: Optional[str] = None) -> Path:
-    """Write ``config.json`` + ``diffusion_pytorch_model[.variant].safetensors`` (diffusers layout)."""
+def save_pretrained(model: torch.nn.Module, folder: PathLike, variant: Optional[str] = None,
+                    safe_serialization: bool = True, max_shard_size: Union[int, str] = DEFAULT_MAX_SHARD_SIZE,
+                    is_main_process: bool = True) -> Path:
+    """Write ``config.json`` and the weights in diffusers' layout: ``diffusion_pytorch_model[.variant].safetensors``
+    (``.bin`` with ``safe_serialization=False``), or shards and an index above ``max_shard_size`` (see
+    ``unet3d.checkpoints.sharding``). Returns the weight file, or the index. As in diffusers, a process that is not
+    the main one writes the weights only (no config, no clean-up)."""
     folder = Path(folder)
+    check_save_folder(folder)
+    parse_shard_size(max_shard_size)  # a bad size is reported before anything is written
     state_dict = model.state_dict()
     on_meta = [k for k, t in state_dict.items() if t.is_meta]
     if on_meta:
         raise CheckpointError(f"cannot save: {len(on_meta)} tensors have no data (meta), e.g. {on_meta[0]}")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_NAME).write_text(json.dumps(config_as_json(model), indent=2, sort_keys=True) + "\n")
-    weights = folder / with_variant(f"{WEIGHTS_NAME}.safetensors", variant)
-    write_safetensors(state_dict, weights)
-    return weights
+    if is_main_process:
+        (folder / CONFIG_NAME).write_text(json.dumps(config_as_json(model), indent=2, sort_keys=True) + "\n")
+    return write_weights(state_dict, folder, variant, safe_serialization, max_shard_size, clean=is_main_process)

@@ -6,6 +6,7 @@ as in diffusers. The core product of q, k, v is a plain function ``fn(q, k, v, h
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Callable, Optional
 
@@ -207,17 +208,18 @@ class Attention(nn.Module):
         if call_options.override_slice() and isinstance(processor, _OWN_PROCESSORS):
             size = slice_size_for(call_options.attention_slice, self.heads)
             processor = AttnProcessor2_0() if size is None else SlicedAttnProcessor(size)
-        kwargs = dict(cross_attention_kwargs)
+        # As in diffusers, a processor gets only the cross_attention_kwargs its signature names (the model warns
+        # once per call about the others).
+        kwargs = {k: v for k, v in cross_attention_kwargs.items() if names_keyword(processor, k)}
         if _accepts(processor, "call_options"):
             kwargs["call_options"] = call_options
             if value is not None:
                 kwargs["value"] = value
-        else:  # a foreign processor (e.g. diffusers'): pass only what its signature takes, as diffusers does
+        else:  # a foreign processor (e.g. diffusers')
             if value is not None:
                 raise ValueError(f"attention processor {type(processor).__name__} cannot take separate values; "
                                  f"the hook that passed them needs this package's processors "
                                  f"(set_default_attn_processor or set_attn_processor(AttnProcessor2_0()))")
-            kwargs = {k: v for k, v in kwargs.items() if _accepts(processor, k)}
             if attention_mask is not None:  # theirs take an additive float mask
                 attention_mask = torch.zeros(attention_mask.shape, dtype=hidden_states.dtype,
                                              device=hidden_states.device).masked_fill(~attention_mask, -10000.0)
@@ -225,14 +227,23 @@ class Attention(nn.Module):
                          attention_mask=attention_mask, **kwargs)
 
 
-_SIGNATURES: dict = {}
+@functools.lru_cache(maxsize=128)  # a fact about a class, read on every attention call; bounded for made-up classes
+def _class_signature(cls):
+    params = inspect.signature(cls.__call__).parameters
+    return frozenset(params) - {"self"}, any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _signature(processor):
+    """(parameter names, takes **kwargs) of a processor's __call__."""
+    return _class_signature(type(processor))
 
 
 def _accepts(processor, name: str) -> bool:
-    """Whether a processor's __call__ takes keyword ``name`` (signatures cached per class: this is a hot path)."""
-    key = type(processor)
-    if key not in _SIGNATURES:
-        params = inspect.signature(processor.__call__).parameters
-        _SIGNATURES[key] = (set(params), any(p.kind is p.VAR_KEYWORD for p in params.values()))
-    names, var_kw = _SIGNATURES[key]
+    """Whether a processor's __call__ takes keyword ``name``, by name or through ``**kwargs``."""
+    names, var_kw = _signature(processor)
     return name in names or var_kw
+
+
+def names_keyword(processor, name: str) -> bool:
+    """Whether a processor's __call__ names parameter ``name`` (diffusers' test for cross_attention_kwargs)."""
+    return name in _signature(processor)[0]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ReadOnlyError
 from .activations import ACTIVATIONS
 
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlock3D", "DownBlock3D")
@@ -38,7 +38,10 @@ FALLBACK_GROUPS = 32
 
 
 class UNet3DConfig(dict):
-    """A plain dict of the constructor arguments, also readable as attributes (``config.block_out_channels``)."""
+    """A frozen dict of the constructor arguments, also readable as attributes (``config.block_out_channels``).
+
+    Beyond the 16 fields it may carry bookkeeping entries diffusers keeps in a model's config (``_name_or_path``,
+    or keys added with ``register_to_config``)."""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -48,6 +51,21 @@ class UNet3DConfig(dict):
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("UNet3DConfig is read-only; build a new model to change the architecture")
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise ReadOnlyError("UNet3DConfig is read-only; build a new model to change the architecture, or use "
+                            "model.register_to_config(key=value) to record an entry")
+
+    __setitem__ = __delitem__ = __ior__ = pop = popitem = setdefault = update = clear = _refuse
+
+    def __reduce__(self):  # copies and pickles are built in one step, never item by item
+        return type(self), (dict(self),)
+
+    def merged(self, entries: Mapping[str, Any]) -> "UNet3DConfig":
+        """A new config with ``entries`` set; model fields among them are normalised and validated again."""
+        data = {**self, **entries}
+        fields = normalize(**{k: v for k, v in data.items() if k in DEFAULTS})
+        return type(self)({**fields, **{k: v for k, v in data.items() if k not in DEFAULTS}})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tuple["UNet3DConfig", List[str]]:

@@ -5,15 +5,26 @@ call through ``call_options`` instead (see ``unet3d.network.options``).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+import logging
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .attention import Attention, AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0, SlicedAttnProcessor
+from .attention import (
+    Attention,
+    AttnProcessor,
+    AttnProcessor2_0,
+    FusedAttnProcessor2_0,
+    SlicedAttnProcessor,
+    names_keyword,
+)
 from .options import slice_size_for, validate_chunking, validate_freeu, validate_slice_value
 from .transformer import BasicTransformerBlock
 
 _DEFAULT_PROCESSOR_TYPES = (AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor)
+# IP-adapter inputs diffusers drops without a warning when a processor does not take them.
+_QUIET_CROSS_ATTENTION_KEYS = frozenset({"ip_adapter_masks", "ip_hidden_states"})
+log = logging.getLogger("unet3d")
 
 
 class RuntimeControls:
@@ -22,6 +33,7 @@ class RuntimeControls:
     def _init_runtime_defaults(self) -> None:
         self._freeu: Optional[dict] = None
         self.gradient_checkpointing = False
+        self._gradient_checkpointing_func: Optional[Callable] = None
         self._original_processors: Optional[dict] = None
 
     def _attention_modules(self) -> List[Tuple[str, Attention]]:
@@ -138,12 +150,35 @@ class RuntimeControls:
         self._original_processors = None
 
     # -- training
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute each block's activations in the backward pass (training only)."""
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.gradient_checkpointing
+
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func: Optional[Callable] = None) -> None:
+        """Recompute each block's activations in the backward pass whenever gradients are recorded.
+
+        ``gradient_checkpointing_func(block, *args)``: the checkpoint function, as in diffusers; default
+        ``torch.utils.checkpoint.checkpoint`` (non-reentrant, RNG state preserved so dropout repeats exactly).
+        """
+        self._gradient_checkpointing_func = gradient_checkpointing_func
         self.gradient_checkpointing = True
 
     def disable_gradient_checkpointing(self) -> None:
         self.gradient_checkpointing = False
+
+
+def warn_unused_cross_attention_kwargs(model: RuntimeControls, kwargs: Mapping[str, Any]) -> None:
+    """Warn, once per forward call and processor class, about ``cross_attention_kwargs`` keys the processors do not
+    name; each attention layer drops them (diffusers warns at every layer, and likewise ignores them)."""
+    if not kwargs:
+        return
+    processors = {type(m.processor): m.processor for _, m in model._attention_modules()}
+    for name, processor in ((cls.__name__, p) for cls, p in processors.items()):
+        unused = [k for k in kwargs if k not in _QUIET_CROSS_ATTENTION_KEYS and not names_keyword(processor, k)]
+        if unused:
+            hint = (" (`scale` is a LoRA strength in diffusers pipelines; here a LoRA is merged with its strength: "
+                    "model.load_lora(lora, strength))") if "scale" in unused else ""
+            log.warning("cross_attention_kwargs %s are not expected by %s and will be ignored%s.", unused, name, hint)
 
 
 def text_mask(attention_mask: Optional[torch.Tensor], b: int, f: int,

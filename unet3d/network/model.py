@@ -146,10 +146,13 @@ class UNet3DNetwork(nn.Module, controls.RuntimeControls):
 
         ``encoder_hidden_states``: ``(batch, tokens, dim)``, or ``(batch*frames, tokens, dim)`` for one context per
         frame. ``class_labels`` is accepted and ignored (no class embedding, as in diffusers).
+        ``cross_attention_kwargs``: handed to the attention processors; keys a processor's signature does not name
+        (e.g. a pipeline's LoRA ``scale``) are dropped with one warning per call, as diffusers drops them.
         ``call_options``: per-call options (see ``unet3d.network.options``); they never change the module.
         """
         opts = parse_call_options(call_options)
         xattn = cross_attention_kwargs or {}
+        controls.warn_unused_cross_attention_kwargs(self, xattn)
         b, f, out_size = self._check_sample(sample)
         temb = self._embed_time(timestep, b, sample, timestep_cond).repeat_interleave(f, dim=0)
         context = self._per_frame(encoder_hidden_states, b, f, "encoder_hidden_states")
@@ -225,6 +228,8 @@ class UNet3DNetwork(nn.Module, controls.RuntimeControls):
                          f"({b}*{f}={b * f})")
 
     def _run(self, block, *args):
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        if self.gradient_checkpointing and torch.is_grad_enabled():  # diffusers' condition (not tied to train())
+            if self._gradient_checkpointing_func is not None:
+                return self._gradient_checkpointing_func(block, *args)
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
