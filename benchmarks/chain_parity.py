@@ -123,7 +123,9 @@ def comfy_run(proc, names, sampler_name, scheduler, args, capture_dir: Path):
     answer = proc.run(prompt, capture=[graphs.POS, graphs.NEG, graphs.SAMPLER, graphs.DECODE],
                       capture_dir=str(capture_dir))
     got = {k: torch.load(v) for k, v in answer["captured"].items()}
-    first = (lambda raw: raw[0][0] if isinstance(raw[0], list) else raw[0])
+
+    def first(raw):
+        return raw[0][0] if isinstance(raw[0], list) else raw[0]
     return {"positive": first(got[graphs.POS])[0][0], "negative": first(got[graphs.NEG])[0][0],
             "latent": first(got[graphs.SAMPLER])["samples"], "frames": first(got[graphs.DECODE])}
 
