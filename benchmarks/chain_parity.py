@@ -41,6 +41,7 @@ SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channe
               up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.18215, sample_size=256)
 SHIPPED_DDIM = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                     clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+SCALING = 0.18215                      # SD latent scale: UNet latents = VAE latents x SCALING
 LINK = "unet3d-chain-parity"
 # (ComfyUI sampler, scheduler, diffusers scheduler class, config changes, label)
 SETTINGS = [
@@ -127,7 +128,8 @@ def comfy_run(proc, names, sampler_name, scheduler, args, capture_dir: Path):
     def first(raw):
         return raw[0][0] if isinstance(raw[0], list) else raw[0]
     return {"positive": first(got[graphs.POS])[0][0], "negative": first(got[graphs.NEG])[0][0],
-            "latent": first(got[graphs.SAMPLER])["samples"], "frames": first(got[graphs.DECODE])}
+            # KSampler's LATENT is in the VAE's scale (ComfyUI's process_latent_out), diffusers' in the UNet's
+            "latent": first(got[graphs.SAMPLER])["samples"] * SCALING, "frames": first(got[graphs.DECODE])}
 
 
 def diffusers_run(pipe, scheduler_cls, changes, comfy, args):
@@ -178,17 +180,19 @@ def main(argv=None) -> int:
             pipe.set_progress_bar_config(disable=True)
             print(f"ComfyUI {proc.hello.get('version')}; {args.frames} frames {args.size}x{args.size}, "
                   f"{args.steps} steps, cfg {args.cfg}; UNet {UNET_CONFIG['block_out_channels']}, random weights\n")
-            print("| ComfyUI sampler + scheduler | diffusers scheduler | latent PSNR dB | frames PSNR dB |")
-            print("|---|---|---|---|")
+            print("| ComfyUI sampler + scheduler | diffusers scheduler | latent PSNR dB | frames PSNR dB | "
+                  "pixels at 0 or 1 |")
+            print("|---|---|---|---|---|")
             reference_latents = None
             for i, (sampler_name, scheduler, cls, changes, label) in enumerate(SETTINGS):
                 comfy = comfy_run(proc, names, sampler_name, scheduler, args, folder / f"cap{i}")
                 latents, video = diffusers_run(pipe, cls, changes, comfy, args)
                 reference_latents = latents if reference_latents is None else reference_latents
                 peak = float(latents.max() - latents.min())
+                clipped = float(((video <= 0) | (video >= 1)).float().mean())
                 print(f"| `{sampler_name}` + `{scheduler}` | {label} | {psnr(comfy['latent'], latents, peak):.1f} | "
-                      f"{psnr(comfy['frames'], video, 1.0):.1f} |", flush=True)
-            torch.save(reference_latents, folder / "latents.pt")
+                      f"{psnr(comfy['frames'], video, 1.0):.1f} | {100 * clipped:.0f}% |", flush=True)
+            torch.save(reference_latents / SCALING, folder / "latents.pt")
             want = pipe.video_processor.postprocess_video(
                 video=pipe.decode_latents(reference_latents.transpose(0, 1).unsqueeze(0)),
                 output_type="pt")[0].permute(0, 2, 3, 1)
