@@ -8,16 +8,19 @@ Weights (random, written to a temporary folder and linked into the host's model 
 * VAE: a random SD-sized ``AutoencoderKL`` (ComfyUI builds its VAE from a fixed config) saved as the diffusers
   repo's ``vae/diffusion_pytorch_model.safetensors`` and, converted by the host's own converter, as an LDM-layout
   ``VQGAN_autoencoder.pth`` (the original release's layout); core VAELoader loads either;
-* text: the runner's random OpenCLIP-H stand-in through core CLIPLoader + CLIPTextEncode. Its outputs (positive and
-  negative embeddings) are captured and handed to diffusers as ``prompt_embeds`` / ``negative_prompt_embeds``, so
-  the text encoder itself is NOT compared here.
+* text: the runner's random OpenCLIP-H stand-in (transformers names) through core CLIPLoader + CLIPTextEncode. Its
+  outputs (positive and negative embeddings) are captured and handed to diffusers as ``prompt_embeds`` /
+  ``negative_prompt_embeds``, so in (1) the sampler chain is compared, not the text encoder.
 
 Compared: (1) per sampler setting, the ComfyUI graph (Load UNet3D Model -> Empty UNet3D Video Latent -> KSampler ->
 VAE Decode, embedded host unless ``--comfyui``) against the pipeline with the matching diffusers scheduler, same
 initial noise (ComfyUI's ``prepare_noise`` for the seed, as the pipeline's ``latents``), same cfg and steps: PSNR of
 the sampled latents (peak = the diffusers latents' range) and of the decoded frames in [0, 1] (ComfyUI's VAE Decode
 against the pipeline's decode); (2) the VAE alone: the pipeline's latents decoded by core VAE Decode from each file
-against diffusers' ``AutoencoderKL``.
+against diffusers' ``AutoencoderKL``; (3) the text encoder alone: the stand-in's tensors renamed to the original
+release's OpenCLIP layout (``open_clip_pytorch_model.bin``) and as they are, each through core Load CLIP +
+CLIPTextEncode, against transformers' ``CLIPTextModel`` built as the diffusers repos ship it (23 layers), on the
+token ids ComfyUI's tokenizer produced.
 
     python benchmarks/chain_parity.py                       # 8 frames, 128x128, 20 steps, cfg 9
     python benchmarks/chain_parity.py --steps 50 --frames 16 --size 256
@@ -75,6 +78,24 @@ def host_decode(host, vae_name, latent_path, out_path):
     return {"ok": True}
 
 
+def _token_ids(tokens):
+    """The ids of the first 77-token chunk of a host tokenizer's output ({name: [[(id, weight), ...]]} or lists)."""
+    while isinstance(tokens, dict):
+        tokens = next(iter(tokens.values()))
+    while isinstance(tokens, list) and tokens and isinstance(tokens[0], list):
+        tokens = tokens[0]
+    return [int(t[0]) for t in tokens]
+
+
+def host_encode(host, clip_name, text, out_path):
+    """Core CLIPLoader (type stable_diffusion) + CLIPTextEncode, and the token ids the encoder saw."""
+    classes = host.nodes.NODE_CLASS_MAPPINGS
+    (clip,) = classes["CLIPLoader"]().load_clip(clip_name=clip_name, type="stable_diffusion")
+    (conditioning,) = classes["CLIPTextEncode"]().encode(clip=clip, text=text)
+    torch.save({"cond": conditioning[0][0].float().cpu(), "ids": _token_ids(clip.tokenize(text))}, out_path)
+    return {"ok": True}
+
+
 # ---- the benchmark --------------------------------------------------------------------------------------------------
 
 def psnr(got: torch.Tensor, want: torch.Tensor, peak: float) -> float:
@@ -102,9 +123,47 @@ def write_weights(folder: Path, seed: int):
     return unet, vae
 
 
+def openclip_layout(sd: dict) -> dict:
+    """A transformers CLIP text model's tensors under OpenCLIP's names (``open_clip_pytorch_model.bin``): fused
+    q/k/v in-projections, ``resblocks``, ``ln_final``, a transposed ``text_projection``."""
+    out = {"token_embedding.weight": sd["text_model.embeddings.token_embedding.weight"],
+           "positional_embedding": sd["text_model.embeddings.position_embedding.weight"],
+           "ln_final.weight": sd["text_model.final_layer_norm.weight"],
+           "ln_final.bias": sd["text_model.final_layer_norm.bias"]}
+    layer = 0
+    while f"text_model.encoder.layers.{layer}.layer_norm1.weight" in sd:
+        src, dst = f"text_model.encoder.layers.{layer}.", f"transformer.resblocks.{layer}."
+        for kind in ("weight", "bias"):
+            for a, b in (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"),
+                         ("mlp.fc2", "mlp.c_proj"), ("self_attn.out_proj", "attn.out_proj")):
+                out[f"{dst}{b}.{kind}"] = sd[f"{src}{a}.{kind}"]
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat([sd[f"{src}self_attn.{x}_proj.{kind}"] for x in "qkv"])
+        layer += 1
+    if "text_projection.weight" in sd:
+        out["text_projection"] = sd["text_projection.weight"].t().contiguous()
+    return out
+
+
+def diffusers_text_encoder(sd: dict):
+    """transformers' CLIPTextModel as the diffusers repos ship it: the OpenCLIP-H text tower's first 23 layers and
+    its final norm (= OpenCLIP's penultimate layer, what ComfyUI's stable_diffusion CLIP returns)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                            num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu",
+                            projection_dim=1024)
+    model = CLIPTextModel(config).eval()
+    kept = {k: v.float() for k, v in sd.items() if k in model.state_dict()}
+    missing = set(model.state_dict()) - set(kept) - {"text_model.embeddings.position_ids"}
+    if missing:
+        raise KeyError(f"text encoder tensors missing: {sorted(missing)[:4]}")
+    model.load_state_dict(kept, strict=False)
+    return model
+
+
 def link_into(host_folders: dict, folder: Path):
     links = []
-    for kind in ("unet", "vae"):
+    for kind in ("unet", "vae", "clip"):
         target = Path(host_folders[kind][0]) / LINK
         if target.is_symlink():
             target.unlink()
@@ -143,6 +202,27 @@ def diffusers_run(pipe, scheduler_cls, changes, comfy, args):
                    latents=noise.transpose(0, 1).unsqueeze(0), output_type="latent").frames
     video = pipe.video_processor.postprocess_video(video=pipe.decode_latents(latents), output_type="pt")
     return latents[0].transpose(0, 1), video[0].permute(0, 2, 3, 1)        # (F, 4, h, w), (F, H, W, 3)
+
+
+def text_encoder_table(proc, standins, folder: Path, args):
+    """Core CLIPLoader on the stand-in text tower in both layouts against transformers' 23-layer CLIPTextModel, on
+    the token ids ComfyUI's tokenizer produced (the encoders are compared, not the tokenizers)."""
+    from safetensors.torch import load_file
+
+    hf = load_file(str(Path(standins["folders"]["clip"][0]) / standins["clip"]))
+    torch.save({k: v.float() for k, v in openclip_layout(hf).items()}, folder / "open_clip_pytorch_model.bin")
+    reference = diffusers_text_encoder(hf)
+    print("\n| text encoder file in core Load CLIP | max abs difference to transformers' CLIPTextModel | "
+          "largest value |")
+    print("|---|---|---|")
+    for name in (f"{LINK}/open_clip_pytorch_model.bin", standins["clip"]):
+        out = folder / "encoded.pt"
+        proc.call(__file__, "host_encode", clip_name=name, text=args.prompt, out_path=str(out))
+        got = torch.load(out)
+        want = reference(input_ids=torch.tensor([got["ids"]])).last_hidden_state
+        label = "open_clip_pytorch_model.bin (OpenCLIP layout)" if name.startswith(LINK) else \
+            "text_encoder/model.safetensors layout (transformers names)"
+        print(f"| `{label}` | {float((got['cond'] - want).abs().max()):.1e} | {float(want.abs().max()):.1f} |")
 
 
 def main(argv=None) -> int:
@@ -203,6 +283,7 @@ def main(argv=None) -> int:
                 proc.call(__file__, "host_decode", vae_name=name, latent_path=str(folder / "latents.pt"),
                           out_path=str(out))
                 print(f"| `{name.split('/', 1)[1]}` | {psnr(torch.load(out), want, 1.0):.1f} |")
+            text_encoder_table(proc, standins, folder, args)
     finally:
         for link in links:
             if link.is_symlink():
