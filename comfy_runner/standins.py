@@ -177,6 +177,20 @@ def substitute(host, prompt, cache_dir, quick=True):
     return prompt, notes
 
 
+def _shrink_schedule(inputs, frames):
+    """A UNet3D Prompt Travel schedule for ``frames`` frames instead of its own: keyframes scaled down (a later
+    keyframe wins a shared frame). A schedule that does not parse is left for the node to report."""
+    from unet3d.video.prompt_schedule import parse_schedule
+    try:
+        keyframes = parse_schedule(inputs.get("text"), inputs.get("frames"))
+    except ValueError:
+        return False
+    scaled = {k.frame * frames // inputs["frames"]: k.text for k in keyframes}
+    inputs["text"] = "\n".join(f"{frame}: {text}" for frame, text in sorted(scaled.items()))
+    inputs["frames"] = frames
+    return True
+
+
 def _shrink(prompt):
     notes = []
     for node_id, node in prompt.items():
@@ -192,4 +206,13 @@ def _shrink(prompt):
         if isinstance(inputs.get("steps"), int) and inputs["steps"] > QUICK["steps"]:
             inputs["steps"] = QUICK["steps"]
             notes.append(f"node {node_id}: steps reduced to {QUICK['steps']} for the random-weight run")
+    # per-frame prompts follow the (single) video latent's new frame count
+    latent_frames = {n["inputs"].get("frames") for n in prompt.values() if n["class_type"] == "UNet3DEmptyLatentVideo"}
+    only = next(iter(latent_frames)) if len(latent_frames) == 1 else None
+    for node_id, node in prompt.items():
+        inputs = node["inputs"]
+        if node["class_type"] == "UNet3DPromptTravel" and isinstance(inputs.get("frames"), int):
+            frames = only if isinstance(only, int) else min(inputs["frames"], QUICK["frames"])
+            if frames < inputs["frames"] and _shrink_schedule(inputs, frames):
+                notes.append(f"node {node_id}: prompt schedule rescaled to {frames} frames for the random-weight run")
     return notes

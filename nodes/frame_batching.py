@@ -5,16 +5,19 @@ Glue only: the window layout and fuse weights are ``unet3d.video.windows``, the 
 The node clones the MODEL and installs a model function wrapper (``set_model_unet_function_wrapper``, the same hook in
 every ComfyUI version), so samplers, FreeU / slicing / chunking patches and core nodes are untouched: the wrapper only
 decides which rows of the ``(k*F, C, h, w)`` batch reach ``apply_model`` together. A wrapper already on the model
-(another node's) is kept and called inside ours, once per window batch.
+(another node's) is kept and called inside ours, once per window batch. With ``freenoise`` on, the node also installs
+FreeNoise noise rescheduling (``nodes.freenoise``); off, nothing but the wrapper is installed.
 """
 from __future__ import annotations
 
 import logging
 
-from ..unet3d.errors import SettingError
+from ..unet3d.errors import SettingError, UNet3DError
 from ..unet3d.video.folding import frame_layout
 from ..unet3d.video.frame_batching import FrameCall, fuse_calls, plan_calls
+from ..unet3d.video.freenoise import MAX_SEED
 from ..unet3d.video.windows import DEFAULT_CONTEXT_LENGTH, DEFAULT_CONTEXT_OVERLAP, FUSE_METHODS, WindowSettings
+from .freenoise import add_freenoise, has_freenoise
 
 MAX_FRAMES = 4096
 log = logging.getLogger("unet3d")
@@ -45,17 +48,33 @@ CORE_WINDOWS_NOTICE = ("UNet3D Frame Batching and ComfyUI's context windows (Con
                        "model. The core context windows act first and hand the model windows of their "
                        "context_length, so UNet3D Frame Batching only splits those further (max_batch_rows) and its "
                        "own windows, overlap and fuse method do not apply. Keep one of the two nodes.")
+FREENOISE_LOST_NOTICE = ("UNet3D Frame Batching: freenoise is on, but a node after it replaced the model's sampling "
+                         "object (e.g. ModelSamplingDiscrete), so the noise is not rescheduled. Put UNet3D Frame "
+                         "Batching after that node.")
+
+
+def check_freenoise_videos(layout, context_length: int) -> None:
+    """FreeNoise reorders the noise rows of one video; refuse before any UNet work when the rows hold several videos
+    and the reordering mixed them."""
+    rows = layout.videos_per_chunk * layout.frames
+    if layout.videos_per_chunk > 1 and rows > context_length:
+        raise UNet3DError(
+            f"UNet3D Frame Batching: freenoise reschedules the noise of one video, and this sampler run holds "
+            f"{layout.videos_per_chunk} videos of {layout.frames} frames side by side; their noise would be mixed. "
+            f"Sample one video per run (batch_size 1 on Empty UNet3D Video Latent) or turn freenoise off.")
 
 
 class FrameBatchingWrapper:
     """The model function wrapper. Plain data plus the wrapper it replaced; ``to`` forwards to that one, since
     ComfyUI moves a wrapper that has ``to`` with the model."""
 
-    def __init__(self, settings: WindowSettings, max_batch_rows: int, previous=None):
+    def __init__(self, settings: WindowSettings, max_batch_rows: int, previous=None, freenoise: bool = False):
         self.settings = settings
         self.max_batch_rows = max_batch_rows
         self.previous = previous
+        self.freenoise = freenoise
         self.told_about_core_windows = False
+        self.told_about_freenoise = False
 
     def to(self, device):
         if hasattr(self.previous, "to"):
@@ -69,6 +88,11 @@ class FrameBatchingWrapper:
             self.told_about_core_windows = True   # once per model, not once per window and step
             log.warning(CORE_WINDOWS_NOTICE)
         layout = frame_layout(x.shape[0], len(cond_or_uncond), c.get("num_video_frames"))
+        if self.freenoise:
+            check_freenoise_videos(layout, self.settings.context_length)
+            if not self.told_about_freenoise and not has_freenoise(apply_model):
+                self.told_about_freenoise = True
+                log.warning(FREENOISE_LOST_NOTICE)
         calls = plan_calls(layout, self.settings.windows(layout.frames), self.max_batch_rows)
 
         def apply_call(call: FrameCall):
@@ -95,7 +119,8 @@ def _int(default, minimum, maximum, tooltip):
 class UNet3DFrameBatching:
     DESCRIPTION = ("Sample long videos in overlapping windows of frames, fused per frame, with a cap on how many "
                    "frame rows reach the UNet at once: videos of any length in bounded memory. Stack it with any "
-                   "sampler and with FreeU / attention slicing / chunking nodes.")
+                   "sampler and with FreeU / attention slicing / chunking nodes. freenoise keeps the windows' "
+                   "content consistent.")
     CATEGORY = "video/unet3d"
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL",)
@@ -127,10 +152,19 @@ class UNet3DFrameBatching:
                                    "Most rows (frames x cond/uncond videos) sent to the UNet in one call; 0 = no "
                                    "cap. Lower values split cond/uncond and windows into several calls: less memory, "
                                    "slower. Must be 0 or at least context_length."),
+        }, "optional": {
+            "freenoise": ("BOOLEAN", {"default": False,
+                                      "tooltip": "FreeNoise: every window after the first reuses the first window's "
+                                                 "noise, shuffled locally, so content stays consistent across "
+                                                 "windows. Costs nothing per step. One video per run; off = exactly "
+                                                 "as without it."}),
+            "freenoise_seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
+                                       "tooltip": "Seed of the FreeNoise shuffles (the noise itself comes from the "
+                                                  "sampler's seed)."}),
         }}
 
     def patch(self, model, context_length, context_overlap, context_stride, closed_loop, fuse_method,
-              max_batch_rows):
+              max_batch_rows, freenoise=False, freenoise_seed=0):
         try:
             settings = WindowSettings(context_length, context_overlap, context_stride, bool(closed_loop), fuse_method)
         except ValueError as err:
@@ -140,5 +174,8 @@ class UNet3DFrameBatching:
             log.warning(CORE_WINDOWS_NOTICE)
         patched = model.clone()
         previous = patched.model_options.get("model_function_wrapper")
-        patched.set_model_unet_function_wrapper(FrameBatchingWrapper(settings, max_batch_rows, previous))
+        patched.set_model_unet_function_wrapper(FrameBatchingWrapper(settings, max_batch_rows, previous,
+                                                                     bool(freenoise)))
+        if freenoise:
+            add_freenoise(patched, context_length, context_overlap, int(freenoise_seed))
         return (patched,)

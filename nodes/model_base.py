@@ -23,6 +23,7 @@ from ..unet3d.dtypes import name_of
 from ..unet3d.memory.estimate import MemoryOptions, Workload, estimate
 from . import memory_guard
 from .latent import FRAMES_KEY
+from .prompt_travel import PROMPT_FRAMES_KEY, check_prompt_frames
 
 log = logging.getLogger("unet3d")
 
@@ -52,11 +53,14 @@ class UNet3DBaseModel(comfy.model_base.BaseModel):
 
     def extra_conds(self, **kwargs):
         """The frame count a conditioning carries (``nodes.latent``) becomes the ``num_video_frames`` keyword of
-        every model call on it; without one each cond chunk is one video."""
+        every model call on it; without one each cond chunk is one video. A per-frame conditioning is checked
+        against the video's frame count here, before any model call."""
         out = super().extra_conds(**kwargs)
         frames = kwargs.get(FRAMES_KEY)
         if frames:
             out["num_video_frames"] = comfy.conds.CONDConstant(int(frames))
+        if kwargs.get(PROMPT_FRAMES_KEY):   # per-frame prompts (nodes.prompt_travel) must fit the video's frames
+            check_prompt_frames(kwargs[PROMPT_FRAMES_KEY], frames, kwargs.get("noise"))
         return out
 
     def apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):

@@ -59,3 +59,7 @@ class MemoryLimitError(UNet3DError):
 
 class LoraError(UNet3DError):
     """A LoRA file cannot be applied to this UNet3D. The message names the file, shows keys and says what works."""
+
+
+class PromptScheduleError(UNet3DError):
+    """A keyframed prompt schedule cannot be used. The message names the keyframe and says how to fix it."""

@@ -23,6 +23,8 @@ def test_example_workflow_runs_with_random_standins(host, path):
     prepared = host.proc.request("prepare", workflow=workflow, sets=["KSampler.steps=1", "6.frames=4"],
                                  cache_dir=str(cache_root()))
     assert any("RANDOM stand-in" in n for n in prepared["notes"])
+    for release_file in ("text2video_pytorch_model.pth", "open_clip_pytorch_model.bin", "VQGAN_autoencoder.pth"):
+        assert any(release_file in n and "RANDOM stand-in" in n for n in prepared["notes"]), release_file
     answer = host.proc.run(prepared["prompt"])
     image = answer["outputs"]["9"]["images"][0]
     with Image.open(os.path.join(answer["output_dir"], image["subfolder"], image["filename"])) as im:
