@@ -15,7 +15,7 @@ import time
 
 CORE_MESSAGE = "lora key not loaded: "
 UNET3D_ONLY = re.compile(r"(temp_attentions|temp_convs|transformer_in\.|temopral_conv)")
-QUIET_SECONDS = 5.0     # one notice per LoRA file: core logs its unmapped keys in one burst
+QUIET_SECONDS = 1.0     # one notice per LoRA load: core logs its unmapped keys in one burst, milliseconds apart
 NOTICE = ("UNet3D: ComfyUI's LoRA loader could not map this UNet3D LoRA onto the model (e.g. %r) and left those "
           "weights unchanged. It reads kohya-style names only; load UNet3D LoRAs in diffusers/PEFT or ModelScope "
           "naming with the 'Load UNet3D LoRA' node (video/unet3d), which applies them exactly.")
