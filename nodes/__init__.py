@@ -4,6 +4,7 @@ from .latent import UNet3DEmptyLatentVideo
 from .loader import UNet3DLoader
 from .lora import UNet3DLoraLoader
 from .patches import UNet3DAttentionSlicing, UNet3DForwardChunking, UNet3DFreeU
+from .step_cache import UNet3DStepCache
 
 NODE_CLASS_MAPPINGS = {
     "UNet3DLoader": UNet3DLoader,
@@ -13,6 +14,7 @@ NODE_CLASS_MAPPINGS = {
     "UNet3DAttentionSlicing": UNet3DAttentionSlicing,
     "UNet3DForwardChunking": UNet3DForwardChunking,
     "UNet3DLoraLoader": UNet3DLoraLoader,
+    "UNet3DStepCache": UNet3DStepCache,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "UNet3DLoader": "Load UNet3D Model",
@@ -22,6 +24,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "UNet3DAttentionSlicing": "UNet3D Attention Slicing",
     "UNet3DForwardChunking": "UNet3D Feed-Forward Chunking",
     "UNet3DLoraLoader": "Load UNet3D LoRA",
+    "UNet3DStepCache": "UNet3D Step Cache (faster sampling)",
 }
 
 # The memory-estimate route for the web extension; registered only when a PromptServer runs (no-op headless).

@@ -19,7 +19,7 @@ from ..unet3d.network.hooks import NO_HOOKS, UNetHooks
 from ..unet3d.network.options import CallOptions, parse_call_options
 
 OUR_KEY = "unet3d"                  # this pack's settings inside transformer_options
-OUR_SETTINGS = ("attention_slice", "ff_chunk", "freeu")
+OUR_SETTINGS = ("attention_slice", "ff_chunk", "freeu", "step_cache")
 
 
 class ComfyPatchHooks(UNetHooks):
@@ -68,5 +68,23 @@ def call_options(transformer_options: Optional[Mapping[str, Any]],
         raise ValueError(f"transformer_options[{OUR_KEY!r}] has unknown keys {unknown}; valid: "
                          f"{', '.join(OUR_SETTINGS)}")
     settings = {key: ours[key] for key in OUR_SETTINGS if key in ours}
+    if settings.get("step_cache") is not None:
+        settings["step_cache"] = step_cache_plan(settings["step_cache"], transformer_options)
     return parse_call_options({**settings, "attention_fn": default_attention,
                                "hooks": hooks_for(transformer_options)})
+
+
+def step_cache_plan(cache, transformer_options: Mapping[str, Any]):
+    """The ``StepCache`` plan of one sampler call: its noise level (``sigmas``), whether it is the run's first or last
+    level (``sample_sigmas``, the run's schedule, from ComfyUI 0.3 on), and its cond chunks as the key. A call from
+    outside a sampler (no ``sigmas``) runs plain."""
+    sigmas = transformer_options.get("sigmas")
+    if sigmas is None:
+        return None
+    level = float(sigmas.max()) if hasattr(sigmas, "max") else float(sigmas)
+    schedule = transformer_options.get("sample_sigmas")
+    levels = [float(s) for s in schedule.tolist()] if schedule is not None and len(schedule) > 1 else []
+    positive = [s for s in levels if s > 0]
+    first = bool(levels) and level >= levels[0]
+    last = bool(positive) and level <= positive[-1]
+    return cache.plan(level, tuple(transformer_options.get("cond_or_uncond") or ()), first, last)
