@@ -5,6 +5,7 @@ from .loader import UNet3DLoader
 from .lora import UNet3DLoraLoader
 from .patches import UNet3DAttentionSlicing, UNet3DForwardChunking, UNet3DFreeU
 from .prompt_travel import UNet3DPromptTravel
+from .step_cache import UNet3DStepCache
 
 NODE_CLASS_MAPPINGS = {
     "UNet3DLoader": UNet3DLoader,
@@ -15,6 +16,7 @@ NODE_CLASS_MAPPINGS = {
     "UNet3DForwardChunking": UNet3DForwardChunking,
     "UNet3DLoraLoader": UNet3DLoraLoader,
     "UNet3DPromptTravel": UNet3DPromptTravel,
+    "UNet3DStepCache": UNet3DStepCache,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "UNet3DLoader": "Load UNet3D Model",
@@ -25,6 +27,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "UNet3DForwardChunking": "UNet3D Feed-Forward Chunking",
     "UNet3DLoraLoader": "Load UNet3D LoRA",
     "UNet3DPromptTravel": "UNet3D Prompt Travel (keyframed prompts)",
+    "UNet3DStepCache": "UNet3D Step Cache (faster sampling)",
 }
 
 # The memory-estimate route for the web extension; registered only when a PromptServer runs (no-op headless).

@@ -29,9 +29,10 @@ from typing import Any, Callable, Mapping, Optional
 
 from ..unet3d.network.hooks import MIDDLE, NO_HOOKS, SPATIAL, LayerSite, UNetHooks
 from ..unet3d.network.options import CallOptions, parse_call_options
+from .step_cache_plan import step_cache_plan
 
 OUR_KEY = "unet3d"                  # this pack's settings inside transformer_options
-OUR_SETTINGS = ("attention_slice", "ff_chunk", "freeu")
+OUR_SETTINGS = ("attention_slice", "ff_chunk", "freeu", "step_cache")
 BLOCK_PATCHES = ("input_block_patch", "input_block_patch_after_skip", "output_block_patch")
 ATTENTION_PATCHES = ("attn1_patch", "attn2_patch", "attn1_output_patch", "attn2_output_patch", "middle_patch")
 
@@ -156,6 +157,8 @@ def call_options(transformer_options: Optional[Mapping[str, Any]], default_atten
         raise ValueError(f"transformer_options[{OUR_KEY!r}] has unknown keys {unknown}; valid: "
                          f"{', '.join(OUR_SETTINGS)}")
     settings = {key: ours[key] for key in OUR_SETTINGS if key in ours}
+    if settings.get("step_cache") is not None:
+        settings["step_cache"] = step_cache_plan(settings["step_cache"], transformer_options)
     hooks = ComfyPatchHooks(transformer_options, original_shape) if wants_hooks(transformer_options) else NO_HOOKS
     attention = attention_kernel(transformer_options, default_attention) if default_attention else None
     return parse_call_options({**settings, "attention_fn": attention, "hooks": hooks})

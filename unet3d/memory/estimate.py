@@ -18,12 +18,14 @@ a tensor is freed as soon as nothing refers to it):
         scores             2 * rows_per_step * q_len * kv_len     only where attention materialises its score
                                                                   matrix (plain matmul-softmax): the scaled
                                                                   scores and the softmax; rows_per_step is
-                                                                  batch*heads, or the slice size when sliced.
+                                                                  batch*heads, or when sliced the slice size
+                                                                  times the batch rows of one step
+                                                                  (``unet3d.network.attention.slice_rows``).
                                                                   Fused kernels (torch SDPA on CPU and CUDA,
                                                                   xformers) keep O(q_len) per row: not counted.
-        feed-forward         P*I*13 / pieces + 2*P*I if chunked   GEGLU projection (8I), gelu(gate) multiplied by
-                                                                  value in place (4I), a matmul buffer (I);
-                                                                  chunking divides the 13I by
+        feed-forward         P*I*9 / pieces + 2*P*I if chunked    GEGLU projection (8I: gelu(gate) * value is
+                                                                  computed inside it), the output (I);
+                                                                  chunking divides the 9I by
                                                                   the piece count and adds the outputs + cat
       upsampler            input (+ a contiguous copy when rows >= 64) + 3 x the upsampled size (interpolated,
                                                                   convolution output and buffer)
@@ -46,6 +48,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 from ..dtypes import COMPUTE_DTYPES, WEIGHT_DTYPES, bytes_per_element
 from ..network import config as cfgmod
+from ..network.attention import slice_rows
 from ..network.options import slice_size_for, validate_chunking, validate_slice_value
 from ..network.parameters import count_parameters
 from ..video.folding import frame_layout
@@ -53,7 +56,7 @@ from ..video.frame_batching import window_split
 from ..video.windows import DEFAULT_CONTEXT_OVERLAP, window_lengths
 
 K_TCONV = 5            # temporal conv working set, in multiples of its input (see docstring)
-FF_WIDTHS = 13         # GEGLU projection (8I) + gelu(gate) multiplied in place (4I) + a matmul buffer (I)
+FF_WIDTHS = 9          # GEGLU projection (8I, gelu(gate) * value computed inside it) + the output (I)
 ATTENTION_PATHS = ("fused", "materialized")
 
 
@@ -123,7 +126,11 @@ def _attention_work(rows: int, seq: int, kv: int, heads: int, inner: int, opts: 
     kv_size = rows * kv * inner if cross else size
     work = size * 3 + 2 * kv_size   # q, out, merged, k, v (slices are views of q/k/v: nothing extra)
     if opts.attention == "materialized":
-        step_rows = slice_size_for(opts.attention_slice, heads) if sliced else rows * heads
+        if sliced:
+            step_heads = slice_size_for(opts.attention_slice, heads)
+            step_rows = slice_rows(rows, step_heads, seq, kv) * step_heads
+        else:
+            step_rows = rows * heads
         work += 2 * step_rows * seq * kv
     return work
 

@@ -45,22 +45,36 @@ def bmm_attention(q, k, v, heads: int, mask: Optional[torch.Tensor] = None) -> t
     return _merge_heads(torch.matmul(scores.softmax(dim=-1), v))
 
 
-def sliced_attention(q, k, v, heads: int, mask=None, slice_size: int = 1, core: Callable = sdpa_attention):
-    """Attention over at most ``slice_size`` (batch x head) rows at a time: the peak score matrix shrinks accordingly.
+# A sliced step may hold at least this many score elements (16 MiB in fp32): short sequences (temporal attention over
+# F frames) then take many batch rows per step instead of one Python iteration per row.
+MIN_SLICE_SCORES = 1 << 22
 
-    Each step takes a view of one video row's heads ``[h0, h1)`` (columns of the projected q/k/v), so nothing but
-    the step's own work is copied, and writes into the one output tensor.
+
+def slice_rows(batch: int, heads_per_step: int, q_len: int, kv_len: int) -> int:
+    """Batch rows per sliced attention step: one row (``heads_per_step`` score matrices of ``q_len`` x ``kv_len``, the
+    classic bound), or as many as fit in ``MIN_SLICE_SCORES`` elements when that is more."""
+    per_row = max(heads_per_step * q_len * kv_len, 1)
+    return max(1, min(batch, MIN_SLICE_SCORES // per_row))
+
+
+def sliced_attention(q, k, v, heads: int, mask=None, slice_size: int = 1, core: Callable = sdpa_attention):
+    """Attention over at most ``slice_size`` heads of a few batch rows at a time: the peak score matrix shrinks to
+    ``slice_size * q_len * kv_len`` per row, with at least ``MIN_SLICE_SCORES`` elements per step (``slice_rows``).
+
+    Each step takes a view of some rows' heads ``[h0, h1)`` (columns of the projected q/k/v), so nothing but the
+    step's own work is copied, and writes into the one output tensor.
     """
     b, n, inner = q.shape
     d = inner // heads
     out = torch.empty_like(q)
-    for row in range(b):
-        row_mask = None if mask is None else mask[row:row + 1]
-        for h0 in range(0, heads, slice_size):
-            h1 = min(h0 + slice_size, heads)
-            cols = slice(h0 * d, h1 * d)
-            out[row:row + 1, :, cols] = core(q[row:row + 1, :, cols], k[row:row + 1, :, cols],
-                                             v[row:row + 1, :, cols], h1 - h0, row_mask)
+    for h0 in range(0, heads, slice_size):
+        h1 = min(h0 + slice_size, heads)
+        cols = slice(h0 * d, h1 * d)
+        step = slice_rows(b, h1 - h0, n, k.shape[1])
+        for r0 in range(0, b, step):
+            rows = slice(r0, r0 + step)
+            out[rows, :, cols] = core(q[rows, :, cols], k[rows, :, cols], v[rows, :, cols], h1 - h0,
+                                      None if mask is None else mask[rows])
     return out
 
 

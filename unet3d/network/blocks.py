@@ -55,13 +55,14 @@ class DownBlock3D(_Layers):
     first_skip = 0  # index of this block's first skip in the whole encoder (set by the model, for hooks)
 
     def forward(self, h, temb, context=None, mask=None, num_frames=1, opts: CallOptions = NO_OPTIONS,
-                xattn_kwargs=None):
+                xattn_kwargs=None, num_layers: Optional[int] = None):
+        """``num_layers``: run only the first that many layers and no downsampler (a step-cache evaluation)."""
         skips = []
-        for i in range(len(self.resnets)):
+        for i in range(len(self.resnets) if num_layers is None else num_layers):
             h = self._layer(i, h, temb, context, mask, num_frames, opts, xattn_kwargs)
             skip, h = opts.hooks.encoder_skip(h, self.first_skip + len(skips))
             skips.append(skip)
-        if self.downsamplers is not None:
+        if self.downsamplers is not None and num_layers is None:
             h = self.downsamplers[0](h)
             skip, h = opts.hooks.encoder_skip(h, self.first_skip + len(skips))
             skips.append(skip)
@@ -107,16 +108,19 @@ class UpBlock3D(_Layers):
 
     def forward(self, h, skips: List[torch.Tensor], temb, context=None, mask=None, num_frames=1,
                 opts: CallOptions = NO_OPTIONS, xattn_kwargs=None, upsample_size=None,
-                freeu: Optional[dict] = None):
+                freeu: Optional[dict] = None, layers: Optional[range] = None):
+        """``layers``: run only these consecutive layers, ``h`` being the input of the first (a step-cache split);
+        the upsampler runs when they end with the last layer."""
         stage = freeu_stage(self.resolution_idx, freeu)
-        for i in range(len(self.resnets)):
+        layers = range(len(self.resnets)) if layers is None else layers
+        for i in layers:
             skip = skips[-1 - i]  # last first; the list is not consumed (checkpoint recomputation replays this)
             h, skip = opts.hooks.decoder_concat(h, skip, self.first_concat + i)
             if stage is not None:
                 h, skip = apply_freeu(h, skip, *stage)
             h = torch.cat([h, skip], dim=1)
             h = self._layer(i, h, temb, context, mask, num_frames, opts, xattn_kwargs)
-        if self.upsamplers is not None:
+        if self.upsamplers is not None and layers.stop == len(self.resnets):
             h = self.upsamplers[0](h, upsample_size)
         return h
 

@@ -19,6 +19,7 @@ from .hooks import INPUT, MIDDLE, OUTPUT, SPATIAL, TEMPORAL, LayerSite
 from .ops import resolve
 from .options import parse_call_options
 from .outputs import UNet3DConditionOutput
+from .step_cache import fresh_layers
 from .transformer import TransformerTemporalModel
 
 
@@ -164,25 +165,15 @@ class UNet3DNetwork(nn.Module, controls.RuntimeControls):
         h = self.transformer_in(h, f, opts, xattn)
         skip, h = opts.hooks.encoder_skip(h, 0)
         skips = [skip]
-
-        # 2. encoder: every layer output and every downsampler output is a skip
-        for block in self.down_blocks:
-            h, block_skips = self._run(block, h, temb, context, mask, f, opts, xattn)
-            skips.extend(block_skips)
-        skips = controls.add_residuals(skips, down_block_additional_residuals)
-
-        # 3. middle
-        h = self._run(self.mid_block, h, temb, context, mask, f, opts, xattn)
-        if mid_block_additional_residual is not None:
-            h = h + mid_block_additional_residual
-
-        # 4. decoder: each up block consumes len(resnets) skips, last first
         freeu = opts.freeu if opts.override_freeu() else self._freeu
-        for block in self.up_blocks:
-            block_skips = skips[-len(block.resnets):]
-            skips = skips[:-len(block.resnets)]
-            size = skips[-1].shape[2:] if out_size and skips else None
-            h = self._run(block, h, block_skips, temb, context, mask, f, opts, xattn, size, freeu)
+        plan = opts.step_cache
+        if down_block_additional_residuals is not None or mid_block_additional_residual is not None:
+            plan = None  # residuals for the deep blocks would be ignored by a cached evaluation: run in full
+        if plan is not None and plan.reuse and plan.slot.fits(h, b * f, *h.shape[2:]):
+            h = self._cached_decoder(plan, h, skips, temb, context, mask, f, opts, xattn, freeu)
+        else:
+            h = self._encode_decode(plan, h, skips, temb, context, mask, f, opts, xattn, freeu, out_size,
+                                    down_block_additional_residuals, mid_block_additional_residual)
 
         # 5. output head, unfold frames
         if self.conv_norm_out is not None:
@@ -192,6 +183,48 @@ class UNet3DNetwork(nn.Module, controls.RuntimeControls):
         return UNet3DConditionOutput(sample=out) if return_dict else (out,)
 
     # ----------------------------------------------------------------------------------------------- forward parts
+    def _encode_decode(self, plan, h, skips, temb, context, mask, f, opts, xattn, freeu, out_size,
+                       down_residuals, mid_residual):
+        # 2. encoder: every layer output and every downsampler output is a skip
+        for block in self.down_blocks:
+            h, block_skips = self._run(block, h, temb, context, mask, f, opts, xattn)
+            skips.extend(block_skips)
+        skips = controls.add_residuals(skips, down_residuals)
+
+        # 3. middle
+        h = self._run(self.mid_block, h, temb, context, mask, f, opts, xattn)
+        if mid_residual is not None:
+            h = h + mid_residual
+
+        # 4. decoder: each up block consumes len(resnets) skips, last first
+        for block in self.up_blocks:
+            block_skips = skips[-len(block.resnets):]
+            skips = skips[:-len(block.resnets)]
+            size = skips[-1].shape[2:] if out_size and skips else None
+            if plan is None or block is not self.up_blocks[-1]:
+                h = self._run(block, h, block_skips, temb, context, mask, f, opts, xattn, size, freeu)
+                continue
+            split = len(block.resnets) - fresh_layers(plan, len(block.resnets))  # keep the input of this layer
+            h = self._run(block, h, block_skips, temb, context, mask, f, opts, xattn, size, freeu, range(split))
+            plan.slot.features = h.detach() if plan.keep else None
+            h = self._run(block, h, block_skips, temb, context, mask, f, opts, xattn, size, freeu,
+                          range(split, len(block.resnets)))
+        return h
+
+    def _cached_decoder(self, plan, h, skips, temb, context, mask, f, opts, xattn, freeu):
+        """A step-cache evaluation (``unet3d.network.step_cache``): the shallow skips fresh, the deep features kept."""
+        last = self.up_blocks[-1]
+        count = len(last.resnets)
+        fresh = fresh_layers(plan, count)
+        if fresh > 1:
+            _, block_skips = self._run(self.down_blocks[0], h, temb, context, mask, f, opts, xattn, fresh - 1)
+            skips.extend(block_skips)
+        kept = plan.slot.features
+        if not plan.keep:
+            plan.slot.features = None
+        return self._run(last, kept, skips + [None] * (count - fresh), temb, context, mask, f, opts, xattn, None,
+                         freeu, range(count - fresh, count))
+
     def _check_sample(self, sample):
         if sample.ndim != 5:
             raise ValueError(f"`sample` must be (batch, channels, frames, height, width); got shape "

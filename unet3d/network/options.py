@@ -8,6 +8,8 @@
 - ``attention_fn``: ``fn(q, k, v, heads, mask=None)`` on ``(batch, tokens, heads*dim)`` tensors; ``mask`` is None or
   a bool ``(batch, 1, kv_tokens)`` tensor, True = attend
 - ``hooks``: a :class:`unet3d.network.hooks.UNetHooks` called at the encoder skips and decoder concatenations
+- ``step_cache``: a :class:`unet3d.network.step_cache.StepCachePlan`: reuse / keep the deep features of the last full
+  evaluation (see that module); ``None`` runs the plain forward
 
 A key that is absent means "use the model's defaults" (set by the diffusers-style methods).
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
 from .hooks import NO_HOOKS, UNetHooks
+from .step_cache import StepCachePlan
 
 UNSET: Any = type("Unset", (), {"__repr__": lambda self: "UNSET"})()
 
@@ -28,6 +31,7 @@ class CallOptions:
     freeu: Any = UNSET
     attention_fn: Optional[Callable] = None
     hooks: UNetHooks = NO_HOOKS
+    step_cache: Optional[StepCachePlan] = None
 
     def override_slice(self) -> bool:
         return self.attention_slice is not UNSET
@@ -67,7 +71,11 @@ def parse_call_options(value: Union[None, CallOptions, Mapping[str, Any]]) -> Ca
     hooks = value.get("hooks") or NO_HOOKS
     if not isinstance(hooks, UNetHooks):
         raise ValueError(f"call_options['hooks'] must be a UNetHooks, got {type(hooks).__name__}")
-    return CallOptions(slice_size, chunk, freeu, value.get("attention_fn"), hooks)
+    step_cache = value.get("step_cache")
+    if step_cache is not None and not isinstance(step_cache, StepCachePlan):
+        raise ValueError(f"call_options['step_cache'] must be a StepCachePlan (see unet3d.network.step_cache) or None, "
+                         f"got {type(step_cache).__name__}")
+    return CallOptions(slice_size, chunk, freeu, value.get("attention_fn"), hooks, step_cache)
 
 
 def validate_chunking(chunk_size: Optional[int] = None, dim: int = 0) -> Tuple[int, int]:

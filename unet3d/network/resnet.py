@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .activations import activation
+from .activations import activate_, activation, add_
 
 
 class ResnetBlock2D(nn.Module):
@@ -29,11 +29,12 @@ class ResnetBlock2D(nn.Module):
                               if in_channels != out_channels else None)
 
     def forward(self, x, temb):
-        h = self.conv1(self.nonlinearity(self.norm1(x)))
-        h = h + self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(self.nonlinearity(self.norm2(h))))
+        # activations and sums are written into the temporaries they read (inference): fewer fresh buffers
+        h = self.conv1(activate_(self.nonlinearity, self.norm1(x)))
+        h = add_(h, self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None])
+        h = self.conv2(self.dropout(activate_(self.nonlinearity, self.norm2(h))))
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        out = shortcut + h
+        out = add_(h, shortcut)
         return out if self.output_scale_factor == 1 else out / self.output_scale_factor
 
 
@@ -66,10 +67,13 @@ class TemporalConvLayer(nn.Module):
 
     def forward(self, x, num_frames: int):
         n, c, h, w = x.shape
-        x = x.reshape(n // num_frames, num_frames, c, h, w).permute(0, 2, 1, 3, 4)
-        identity = x
-        x = self.conv4(self.conv3(self.conv2(self.conv1(x))))
-        x = identity + x
+        identity = x.reshape(n // num_frames, num_frames, c, h, w).permute(0, 2, 1, 3, 4)  # (B, C, F, H, W) view
+        x = identity
+        for stage in (self.conv1, self.conv2, self.conv3, self.conv4):
+            x = activate_(stage[1], stage[0](x))     # SiLU into the norm's output
+            for layer in stage[2:]:                   # (dropout,) conv
+                x = layer(x)
+        x = identity + x                              # identity first: the sum takes the folded (B*F, ...) layout
         return x.permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
 
 

@@ -28,7 +28,9 @@ class GEGLU(nn.Module):
         value, gate = self.proj(x).chunk(2, dim=-1)
         if torch.is_grad_enabled() and value.requires_grad:
             return value * F.gelu(gate)
-        return F.gelu(gate).mul_(value)  # inference: reuse gelu's output buffer (the FF peak is 8+4 widths, not 8+4+4)
+        # inference: both halves are computed in the projection's own buffer (the FF peak is 8 widths, not 8+4+4);
+        # the result is a row-strided view, which the next Linear reads without a copy
+        return value.mul_(torch._C._nn.gelu_(gate))
 
 
 class FeedForward(nn.Module):
@@ -134,7 +136,8 @@ class Transformer2DModel(_ProjectedTransformer):
         for block in self.transformer_blocks:
             x = block(x, context, attention_mask, call_options, cross_attention_kwargs, self.site, residual.shape)
         x = self.proj_out(x)
-        return x.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous() + residual
+        # the residual first: the sum is written in its (n, c, h, w) layout straight from the token rows (no copy)
+        return torch.add(residual, x.view(n, h, w, c).permute(0, 3, 1, 2))
 
 
 class TransformerTemporalModel(_ProjectedTransformer):
@@ -149,13 +152,22 @@ class TransformerTemporalModel(_ProjectedTransformer):
     def forward(self, x, num_frames: int, call_options: CallOptions = NO_OPTIONS, cross_attention_kwargs=None):
         n, c, h, w = x.shape
         b = n // num_frames
-        residual = x
-        x = x.reshape(b, num_frames, c, h, w).permute(0, 2, 1, 3, 4)  # (B, C, F, H, W): norm statistics span frames
-        x = self.norm(x)
-        x = x.permute(0, 3, 4, 2, 1).reshape(b * h * w, num_frames, c)
-        x = self.proj_in(x)
+        residual = x.reshape(b, num_frames, c, h, w)
+        x = self.proj_in(self._normed_sequences(residual))
         for block in self.transformer_blocks:
-            x = block(x, None, None, call_options, cross_attention_kwargs, self.site, residual.shape)
+            x = block(x, None, None, call_options, cross_attention_kwargs, self.site, (n, c, h, w))
         x = self.proj_out(x)
-        x = x.reshape(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2).reshape(n, c, h, w)
-        return x + residual
+        # the residual first: the sum is written in the folded layout straight from the sequence rows (no copy)
+        return torch.add(residual, x.view(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2)).view(n, c, h, w)
+
+    def _normed_sequences(self, frames: torch.Tensor) -> torch.Tensor:
+        """GroupNorm of ``(B, F, C, H, W)`` frames with statistics over frames and pixels, as ``(B*H*W, F, C)``
+        contiguous sequence rows for ``proj_in``."""
+        b, f, c, h, w = frames.shape
+        if frames.device.type == "cpu":
+            # One transposing copy to (B, H, W, F, C), seen as a channels-last (B, C, H, W, F) volume: torch's CPU
+            # GroupNorm keeps that layout, so its output already is the rows proj_in reads (no other copy).
+            volume = frames.permute(0, 3, 4, 1, 2).contiguous().permute(0, 4, 1, 2, 3)
+            return self.norm(volume).permute(0, 2, 3, 4, 1).reshape(b * h * w, f, c)
+        x = self.norm(frames.permute(0, 2, 1, 3, 4))  # GPU GroupNorm reads and writes (B, C, F, H, W) contiguously
+        return x.permute(0, 3, 4, 2, 1).reshape(b * h * w, f, c)
