@@ -73,7 +73,7 @@ def host_decode(host, vae_name, latent_path, out_path):
     """Core VAELoader + VAEDecode on a saved latent (rows = frames)."""
     classes = host.nodes.NODE_CLASS_MAPPINGS
     (vae,) = classes["VAELoader"]().load_vae(vae_name)
-    (images,) = classes["VAEDecode"]().decode(vae, {"samples": torch.load(latent_path)})
+    (images,) = classes["VAEDecode"]().decode(vae, {"samples": torch.load(latent_path, weights_only=True)})
     torch.save(images.float().cpu(), out_path)
     return {"ok": True}
 
@@ -182,7 +182,7 @@ def comfy_run(proc, names, sampler_name, scheduler, args, capture_dir: Path):
     capture_dir.mkdir(parents=True, exist_ok=True)
     answer = proc.run(prompt, capture=[graphs.POS, graphs.NEG, graphs.SAMPLER, graphs.DECODE],
                       capture_dir=str(capture_dir))
-    got = {k: torch.load(v) for k, v in answer["captured"].items()}
+    got = {k: torch.load(v, weights_only=True) for k, v in answer["captured"].items()}
 
     def first(raw):
         return raw[0][0] if isinstance(raw[0], list) else raw[0]
@@ -218,7 +218,7 @@ def text_encoder_table(proc, standins, folder: Path, args):
     for name in (f"{LINK}/open_clip_pytorch_model.bin", standins["clip"]):
         out = folder / "encoded.pt"
         proc.call(__file__, "host_encode", clip_name=name, text=args.prompt, out_path=str(out))
-        got = torch.load(out)
+        got = torch.load(out, weights_only=True)
         want = reference(input_ids=torch.tensor([got["ids"]])).last_hidden_state
         label = "open_clip_pytorch_model.bin (OpenCLIP layout)" if name.startswith(LINK) else \
             "text_encoder/model.safetensors layout (transformers names)"
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
                 out = folder / "decoded.pt"
                 proc.call(__file__, "host_decode", vae_name=name, latent_path=str(folder / "latents.pt"),
                           out_path=str(out))
-                print(f"| `{name.split('/', 1)[1]}` | {psnr(torch.load(out), want, 1.0):.1f} |")
+                print(f"| `{name.split('/', 1)[1]}` | {psnr(torch.load(out, weights_only=True), want, 1.0):.1f} |")
             text_encoder_table(proc, standins, folder, args)
     finally:
         for link in links:

@@ -8,6 +8,7 @@ the plain run (max |a - b| / max |b|). Random weights: the error says how far th
 video looks.
 
     python benchmarks/step_cache.py [--settings tiny,medium] [--steps 20] [--intervals 1,2,3,5] [--repeats 3]
+                                    [--depths 0,1]
 
 The cost of one cached evaluation against a full one is printed too (median over the run's calls of each kind).
 """
@@ -60,7 +61,7 @@ def sample(model, noise, cond, uncond, steps, cache=None, timings=None):
     return x
 
 
-def run_setting(name: str, steps: int, intervals, repeats: int):
+def run_setting(name: str, steps: int, intervals, repeats: int, depth: int = 0):
     config, _ = SETTINGS[name]
     videos, frames, height, width, tokens = SHAPES[name]
     torch.manual_seed(0)
@@ -77,7 +78,7 @@ def run_setting(name: str, steps: int, intervals, repeats: int):
             for n in order:
                 timings = []
                 start = time.perf_counter()
-                latent = sample(model, noise, cond, uncond, steps, StepCache(n), timings)
+                latent = sample(model, noise, cond, uncond, steps, StepCache(n, depth), timings)
                 results[n]["seconds"].append(time.perf_counter() - start)
                 results[n]["calls"].extend(timings)
                 results[n]["latent"] = latent
@@ -90,7 +91,7 @@ def run_setting(name: str, steps: int, intervals, repeats: int):
         cached = [s for kind, s in res["calls"] if kind == "cached"]
         cost = f"{statistics.median(cached) / statistics.median(full):.2f}" if cached else "-"
         err = ((res["latent"] - plain["latent"]).abs().max() / plain["latent"].abs().max()).item()
-        rows.append([name, n, sum(k == "full" for k, _ in res["calls"]) // repeats,
+        rows.append([name, depth, n, sum(k == "full" for k, _ in res["calls"]) // repeats,
                      sum(k == "cached" for k, _ in res["calls"]) // repeats, f"{seconds:.2f}",
                      f"{statistics.median(plain['seconds']) / seconds:.2f}x", cost, f"{err:.1e}"])
     return rows
@@ -102,16 +103,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--intervals", default="1,2,3,5")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--depths", default="0", help="fresh layers of the last up block on cached calls (0 = all)")
     opts = parser.parse_args()
     intervals = [int(n) for n in opts.intervals.split(",")]
     if intervals[0] != 1:
         intervals = [1] + intervals
     rows = []
     for name in opts.settings.split(","):
-        rows += run_setting(name, opts.steps, intervals, opts.repeats)
+        for depth in (int(d) for d in opts.depths.split(",")):
+            rows += run_setting(name, opts.steps, intervals, opts.repeats, depth)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU, Euler {opts.steps} steps, cfg "
           f"batch 2, median of {opts.repeats} interleaved runs")
-    print(table(rows, ["setting", "interval", "full calls", "cached calls", "s / video", "speed-up",
+    print(table(rows, ["setting", "depth", "interval", "full calls", "cached calls", "s / video", "speed-up",
                        "cached / full call", "rel err of final latent"]))
 
 

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
@@ -18,3 +19,13 @@ def modelscope_fixture_dir() -> Path:
     """The tiny original-ModelScope checkpoint and the output the original implementation computed from it
     (fixtures/modelscope/README.md)."""
     return FIXTURES / "modelscope"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny models are faster on one thread, and the test box's cores are shared
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

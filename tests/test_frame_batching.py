@@ -13,15 +13,7 @@ from unet3d.video.windows import WindowSettings
 
 fb = plugin_module("nodes.frame_batching")
 adapter = plugin_module("nodes.unet_adapter")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is faster on one thread, and the test box's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

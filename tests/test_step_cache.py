@@ -15,16 +15,8 @@ import unet3d
 from unet3d.network.hooks import UNetHooks
 from unet3d.network.step_cache import FeatureSlot, StepCache, StepCachePlan
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 CFG = dict(TINY, layers_per_block=2)   # 3 layers in the last up block: depths 1, 2, 3 all differ
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is faster on one thread, and the test box's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +168,8 @@ def test_a_new_run_starts_over():
     first[-1].slot.features = torch.zeros(1)
     again = [cache.plan(level) for level in (9, 8)]      # the level went up: a new run
     assert kinds(first) == "FccF" and kinds(again) == "Fc" and cache.kept == 0
-    cache.plan(8, first=True)                            # the caller knows 8 is a run's first level
-    assert cache.kept == 0 and not cache.plan(7).reuse is False
+    cache.plan(8, first=True)   # another call at the first level (e.g. uncond after cond) is the same step, not a new run
+    assert cache.kept == 0 and cache.plan(7).reuse is True
 
 
 def test_last_level_keeps_nothing_and_copies_start_empty():

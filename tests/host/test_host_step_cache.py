@@ -6,8 +6,6 @@ the same graph without the node, and the same graph run again after other prompt
 import pytest
 import torch
 
-from comfy_runner import graphs
-
 pytestmark = pytest.mark.host
 
 STEPS = 6
