@@ -168,7 +168,7 @@ def test_a_new_run_starts_over():
     first[-1].slot.features = torch.zeros(1)
     again = [cache.plan(level) for level in (9, 8)]      # the level went up: a new run
     assert kinds(first) == "FccF" and kinds(again) == "Fc" and cache.kept == 0
-    cache.plan(8, first=True)   # another call at the first level (e.g. uncond after cond) is the same step, not a new run
+    cache.plan(8, first=True)   # another call at the first level (uncond after cond) is the same step
     assert cache.kept == 0 and cache.plan(7).reuse is True
 
 
