@@ -33,3 +33,21 @@ def test_compiled_forward_equals_eager(model):
         eager = model(x, torch.tensor([10.0, 500.0]), context).sample
         again = compiled(x, torch.tensor([10.0, 500.0]), context).sample
     assert torch.equal(again, eager)
+
+
+def test_the_module_core_torch_compile_model_compiles_is_one_graph():
+    """Core ``TorchCompileModel`` compiles the MODEL's ``diffusion_model`` (ComfyUNet3D) and calls it with the
+    sampler's ``transformer_options``: that forward, glue included, is one graph too, and equal to eager."""
+    from comfy_runner.offline import plugin_module
+    torch.manual_seed(0)
+    unet = randomize_(plugin_module("nodes.unet_adapter").ComfyUNet3D(**TINY), seed=3).eval()
+    x, context, t = torch.randn(8, 4, 16, 16), torch.randn(2, 8, TINY["cross_attention_dim"]), torch.full((8,), 10.0)
+    options = {"cond_or_uncond": [1, 0], "unet3d": {"attention_slice": 2}, "sigmas": torch.tensor([1.0])}
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(unet)(x, t, context, transformer_options=options)
+        assert explained.graph_break_count == 0, [r.reason for r in explained.break_reasons]
+        torch._dynamo.reset()
+        compiled = torch.compile(unet, backend="eager")
+        assert torch.equal(compiled(x, t, context, transformer_options=options),
+                           unet(x, t, context, transformer_options=options))

@@ -6,7 +6,6 @@ as in diffusers. The core product of q, k, v is a plain function ``fn(q, k, v, h
 """
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import Callable, Optional
 
@@ -241,15 +240,21 @@ class Attention(nn.Module):
                          attention_mask=attention_mask, **kwargs)
 
 
-@functools.lru_cache(maxsize=128)  # a fact about a class, read on every attention call; bounded for made-up classes
-def _class_signature(cls):
-    params = inspect.signature(cls.__call__).parameters
+def _inspect_signature(call) -> tuple:
+    params = inspect.signature(call).parameters
     return frozenset(params) - {"self"}, any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+# This package's processors are on every attention call (and inside torch.compile graphs): their signatures are
+# read once, here; a foreign processor's is read when it is called.
+_OWN_SIGNATURES = {cls: _inspect_signature(cls.__call__)
+                   for cls in (AttnProcessor2_0, AttnProcessor, SlicedAttnProcessor, FusedAttnProcessor2_0)}
 
 
 def _signature(processor):
     """(parameter names, takes **kwargs) of a processor's __call__."""
-    return _class_signature(type(processor))
+    own = _OWN_SIGNATURES.get(type(processor))
+    return own if own is not None else _inspect_signature(processor.__call__)
 
 
 def _accepts(processor, name: str) -> bool:
