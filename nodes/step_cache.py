@@ -40,8 +40,8 @@ class UNet3DStepCache:
     DESCRIPTION = ("Faster sampling: runs the whole UNet only every `interval` steps and, in between, only its "
                    "outermost layers, reusing the deeper features of the last full step (DeepCache). Interval 3 "
                    "takes about 0.4x the time per video (Zeroscope, depth 1), with a small change of the result; "
-                   "interval 1 is off (exactly the plain model). Works with frame batching, FreeU, attention slicing and chunking. "
-                   "Returns a patched copy; the input model is unchanged.")
+                   "interval 1 is off (exactly the plain model). Works with frame batching, FreeU, attention "
+                   "slicing and chunking. Returns a patched copy; the input model is unchanged.")
     CATEGORY = CATEGORY
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL",)

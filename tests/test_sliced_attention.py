@@ -42,7 +42,8 @@ def test_long_sequences_keep_the_one_row_bound_and_masks_follow_their_rows():
 def test_slice_rows_and_the_estimate_agree():
     assert slice_rows(5760, 2, 24, 24) == MIN_SLICE_SCORES // (2 * 24 * 24)
     assert slice_rows(10, 2, 24, 24) == 10 and slice_rows(48, 1, 2880, 2880) == 1
-    config = dict(block_out_channels=(64, 128), cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    # narrow channels, many heads: the score matrices, not the feed-forward, make the peak
+    config = dict(block_out_channels=(8, 16), cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8,
                   down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
                   up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"))
     work = Workload(frames=24, height=40, width=72)

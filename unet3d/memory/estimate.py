@@ -23,9 +23,9 @@ a tensor is freed as soon as nothing refers to it):
                                                                   (``unet3d.network.attention.slice_rows``).
                                                                   Fused kernels (torch SDPA on CPU and CUDA,
                                                                   xformers) keep O(q_len) per row: not counted.
-        feed-forward         P*I*9 / pieces + 2*P*I if chunked    GEGLU projection (8I: gelu(gate) * value is
-                                                                  computed inside it), the output (I);
-                                                                  chunking divides the 9I by
+        feed-forward         P*I*13 / pieces + 2*P*I if chunked   GEGLU projection (8I), gelu(gate) multiplied by
+                                                                  value in place (4I), a matmul buffer (I);
+                                                                  chunking divides the 13I by
                                                                   the piece count and adds the outputs + cat
       upsampler            input (+ a contiguous copy when rows >= 64) + 3 x the upsampled size (interpolated,
                                                                   convolution output and buffer)
@@ -56,7 +56,7 @@ from ..video.frame_batching import window_split
 from ..video.windows import DEFAULT_CONTEXT_OVERLAP, window_lengths
 
 K_TCONV = 5            # temporal conv working set, in multiples of its input (see docstring)
-FF_WIDTHS = 9          # GEGLU projection (8I, gelu(gate) * value computed inside it) + the output (I)
+FF_WIDTHS = 13         # GEGLU projection (8I) + gelu(gate) multiplied in place (4I) + a matmul buffer (I)
 ATTENTION_PATHS = ("fused", "materialized")
 
 
