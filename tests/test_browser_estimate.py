@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from comfy_server_fixture import running_server
 from hostile_files import header_only_unet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,20 +38,11 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from comfy_runner.host import HostError
-    from comfy_runner.server import ComfyServer
-
     chromium = chromium_path()
     tmp = tmp_path_factory.mktemp("browser")
     (tmp / "models" / "unet").mkdir(parents=True)
     header_only_unet(tmp / "models" / "unet" / UNET_FILE)
-    try:
-        comfy = ComfyServer(tmp / "models", tmp)
-    except HostError as exc:
-        if "did not start" in str(exc):
-            pytest.fail(str(exc))
-        pytest.skip(f"no ComfyUI host: {exc}")
-    with comfy:
+    with running_server(tmp / "models", tmp) as comfy:
         yield {"url": comfy.url, "chromium": chromium, "log": comfy.log_path}
 
 

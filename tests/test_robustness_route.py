@@ -10,6 +10,7 @@ import json
 import threading
 
 import pytest
+from comfy_server_fixture import running_server
 from hostile_requests import CASES, EXTREME, GOOD, populate
 
 TIMEOUT = 60  # a request that hangs fails the test instead of the suite
@@ -17,18 +18,9 @@ TIMEOUT = 60  # a request that hangs fails the test instead of the suite
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from comfy_runner.host import HostError
-    from comfy_runner.server import ComfyServer
-
     tmp = tmp_path_factory.mktemp("route")
     marker = populate(tmp / "models")
-    try:
-        comfy = ComfyServer(tmp / "models", tmp)
-    except HostError as exc:
-        if "did not start" in str(exc):
-            pytest.fail(str(exc))
-        pytest.skip(f"no ComfyUI host: {exc}")
-    with comfy:
+    with running_server(tmp / "models", tmp) as comfy:
         yield comfy, marker
 
 
