@@ -1,12 +1,11 @@
 """Bad input: unsafe pickles, broken files, wrong folders, other model families, mismatched keys and shapes.
 Every error must name the file and say what is wrong."""
-import builtins
 import json
-import pickle
 
 import pytest
 import torch
 from helpers_checkpoint import diffusers_to_original, reference, single_thread  # noqa: F401 (fixture)
+from hostile_files import CodePayload, code_running_pickle
 from safetensors.torch import save_file
 
 from unet3d import UNet3DConditionModel
@@ -23,27 +22,13 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 load = UNet3DConditionModel.from_single_file
 
 
-class _Payload:
-    """Unpickling this would create ``marker`` (a stand-in for arbitrary code)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return builtins.open, (self.marker, "w")
 
 
 @pytest.mark.parametrize("name,zip_format", [("evil.pth", True), ("evil.ckpt", True), ("evil.bin", False),
                                              ("evil.pt", False)])
 def test_code_running_pickle_is_refused_and_never_runs(tmp_path, name, zip_format):
     marker = tmp_path / "PWNED"
-    path = tmp_path / name
-    payload = {"conv_in.weight": torch.zeros(2), "extra": _Payload(marker)}
-    if zip_format:
-        torch.save(payload, path)
-    else:
-        with open(path, "wb") as f:
-            pickle.dump(payload, f, protocol=2)
+    path = code_running_pickle(tmp_path / name, marker, zip_format)
     with pytest.raises(UnsafeCheckpointError) as err:
         load(path)
     assert not marker.exists()
@@ -57,7 +42,7 @@ def test_unsafe_pickle_inside_diffusers_folder_is_refused(tmp_path):
     config, model, _, _ = reference("odd")
     model.save_pretrained(tmp_path, safe_serialization=False)
     marker = tmp_path / "PWNED"
-    torch.save({**model.state_dict(), "x": _Payload(marker)}, tmp_path / "diffusion_pytorch_model.bin")
+    torch.save({**model.state_dict(), "x": CodePayload(marker)}, tmp_path / "diffusion_pytorch_model.bin")
     with pytest.raises(UnsafeCheckpointError, match="diffusion_pytorch_model.bin"):
         UNet3DConditionModel.from_pretrained(tmp_path)
     assert not marker.exists()
