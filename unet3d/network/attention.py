@@ -251,6 +251,12 @@ _OWN_SIGNATURES = {cls: _inspect_signature(cls.__call__)
                    for cls in (AttnProcessor2_0, AttnProcessor, SlicedAttnProcessor, FusedAttnProcessor2_0)}
 
 
+def is_row_independent(processor) -> bool:
+    """Whether ``processor`` treats each batch row on its own (this package's processors do; a foreign one may mix
+    rows, e.g. attend to another frame's keys), so the rows may be handed to it in tiles."""
+    return type(processor) in _OWN_SIGNATURES
+
+
 def _signature(processor):
     """(parameter names, takes **kwargs) of a processor's __call__."""
     own = _OWN_SIGNATURES.get(type(processor))

@@ -12,9 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import Attention
+from .attention import Attention, is_row_independent
 from .hooks import LayerSite
 from .options import NO_OPTIONS, CallOptions
+from .tiling import rows_per_tile
 
 
 class GEGLU(nn.Module):
@@ -97,9 +98,19 @@ class BasicTransformerBlock(nn.Module):
         x = hooks.attention(site, 2, self.attn2, self.norm2(x), context, run(self.attn2, mask), feature_shape) + x
         return self._feed_forward(x, call_options)
 
-    def _feed_forward(self, x, call_options: CallOptions):
-        chunk = call_options.ff_chunk if call_options.override_chunk() else (
+    def _chunk(self, call_options: CallOptions):
+        return call_options.ff_chunk if call_options.override_chunk() else (
             None if self._chunk_size is None else (self._chunk_size, self._chunk_dim))
+
+    def tileable(self, call_options: CallOptions) -> bool:
+        """Whether this block may run on a subset of its rows (``unet3d.network.tiling``): no hook sees its attention,
+        its processors are this package's, and no feed-forward chunking by rows asks for divisible row counts."""
+        chunk = self._chunk(call_options)
+        return (not call_options.hooks.wants_attention and (chunk is None or chunk[1] == 1)
+                and is_row_independent(self.attn1.processor) and is_row_independent(self.attn2.processor))
+
+    def _feed_forward(self, x, call_options: CallOptions):
+        chunk = self._chunk(call_options)
         h = self.norm3(x)
         h = self.ff(h) if chunk is None else chunked_feed_forward(self.ff, h, *chunk)
         return h + x
@@ -114,12 +125,39 @@ class _ProjectedTransformer(nn.Module):
                  *, operations, dtype=None, device=None):
         super().__init__()
         inner = heads * dim_head
+        self.inner_dim = inner
         factory = {"dtype": dtype, "device": device}
         self.norm = operations.GroupNorm(groups, in_channels, eps=1e-6, affine=True, **factory)
         self.proj_in = operations.Linear(in_channels, inner, **factory)
         self.transformer_blocks = nn.ModuleList([
             BasicTransformerBlock(inner, heads, dim_head, cross_attention_dim, operations=operations, **factory)])
         self.proj_out = operations.Linear(inner, in_channels, **factory)
+
+    def _rows_to_rows(self, rows, context, mask, call_options, cross_attention_kwargs, feature_shape):
+        """proj_in -> blocks -> proj_out on ``(rows, tokens, channels)``; on CPU in row tiles (``tiling``)."""
+        n, tokens, _ = rows.shape
+        step = None
+        if all(block.tileable(call_options) for block in self.transformer_blocks) and (
+                context is None or context.shape[0] == n):
+            step = rows_per_tile(rows, n, tokens, self.inner_dim)
+        if step is None:
+            return self._project(rows, context, mask, call_options, cross_attention_kwargs, feature_shape)
+        out = None
+        for r0 in range(0, n, step):
+            part = slice(r0, r0 + step)
+            y = self._project(rows[part], None if context is None else context[part],
+                              None if mask is None else mask[part], call_options, cross_attention_kwargs,
+                              feature_shape)
+            if out is None:
+                out = y.new_empty((n, *y.shape[1:]))
+            out[part] = y
+        return out
+
+    def _project(self, x, context, mask, call_options, cross_attention_kwargs, feature_shape):
+        x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x, context, mask, call_options, cross_attention_kwargs, self.site, feature_shape)
+        return self.proj_out(x)
 
 
 class Transformer2DModel(_ProjectedTransformer):
@@ -130,10 +168,7 @@ class Transformer2DModel(_ProjectedTransformer):
         n, c, h, w = x.shape
         residual = x
         x = self.norm(x).permute(0, 2, 3, 1).reshape(n, h * w, c)
-        x = self.proj_in(x)
-        for block in self.transformer_blocks:
-            x = block(x, context, attention_mask, call_options, cross_attention_kwargs, self.site, residual.shape)
-        x = self.proj_out(x)
+        x = self._rows_to_rows(x, context, attention_mask, call_options, cross_attention_kwargs, residual.shape)
         # the residual first: the sum is written in its (n, c, h, w) layout straight from the token rows (no copy)
         return torch.add(residual, x.view(n, h, w, c).permute(0, 3, 1, 2))
 
@@ -151,10 +186,8 @@ class TransformerTemporalModel(_ProjectedTransformer):
         n, c, h, w = x.shape
         b = n // num_frames
         residual = x.reshape(b, num_frames, c, h, w)
-        x = self.proj_in(self._normed_sequences(residual))
-        for block in self.transformer_blocks:
-            x = block(x, None, None, call_options, cross_attention_kwargs, self.site, (n, c, h, w))
-        x = self.proj_out(x)
+        x = self._rows_to_rows(self._normed_sequences(residual), None, None, call_options, cross_attention_kwargs,
+                               (n, c, h, w))
         # the residual first: the sum is written in the folded layout straight from the sequence rows (no copy)
         return torch.add(residual, x.view(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2)).view(n, c, h, w)
 
