@@ -30,7 +30,7 @@ from benchmarks._common import SETTINGS, table  # noqa: E402
 from comfy_runner import graphs  # noqa: E402
 from comfy_runner.standins import TINY_UNET  # noqa: E402
 
-PROBE = REPO / "benchmarks" / "_unet_folder_probe.py"
+PROBE = REPO / "benchmarks" / "_graph_probe.py"
 # name -> (config, (frames, latent height, latent width)). "tiny" is the stand-in UNet the workflows run on without
 # weights (the tiny config of forward.py cross-attends to 64 wide text, not to the 1024 wide OpenCLIP-H);
 # "zeroscope-small" is the real Zeroscope v2 576w config at a CPU-sized 8 frames of 256x144.
@@ -82,7 +82,8 @@ def run_setting(proc, standins, name, file, args, capture_dir):
         for n in intervals:
             plain = latents[1]
             errors[n].append(((latents[n] - plain).abs().max() / plain.abs().max()).item())
-        print(f"{name} repeat {r + 1}: " + ", ".join(f"N={n} {seconds[n][-1]:.1f}s" for n in intervals),
+        print(f"{name} repeat {r + 1}: " + ", ".join(f"N={n} {seconds[n][-1]:.1f}s err {errors[n][-1]:.1e}"
+                                                   for n in intervals),
               file=sys.stderr, flush=True)
     base = statistics.median(seconds[1])
     return [[name, f"{frames}x{8 * height}x{8 * width}", n, ", ".join(f"{s:.1f}" for s in seconds[n]),
