@@ -15,7 +15,11 @@ import time
 
 CORE_MESSAGE = "lora key not loaded: "
 UNET3D_ONLY = re.compile(r"(temp_attentions|temp_convs|transformer_in\.|temopral_conv)")
-QUIET_SECONDS = 1.0     # one notice per LoRA load: core logs its unmapped keys in one burst, milliseconds apart
+# Core logs a load's unmapped keys in one tight loop (microseconds apart); two loads are at least a file read and a
+# graph step apart. A new load starts after a pause this long, or when a key of the current burst comes again (the
+# same LoRA loaded again).
+BURST_GAP_SECONDS = 0.05
+MAX_BURST_KEYS = 100_000
 NOTICE = ("UNet3D: ComfyUI's LoRA loader could not map this UNet3D LoRA onto the model (e.g. %r) and left those "
           "weights unchanged. It reads kohya-style names only; load UNet3D LoRAs in diffusers/PEFT or ModelScope "
           "naming with the 'Load UNet3D LoRA' node (video/unet3d), which applies them exactly.")
@@ -24,7 +28,8 @@ NOTICE = ("UNet3D: ComfyUI's LoRA loader could not map this UNet3D LoRA onto the
 class UnappliedLoraNotice(logging.Handler):
     def __init__(self):
         super().__init__(level=logging.WARNING)
-        self.last_notice = float("-inf")
+        self.last_line = float("-inf")
+        self.burst: set = set()      # the keys of the current load's burst
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -33,10 +38,14 @@ class UnappliedLoraNotice(logging.Handler):
             return
         if not message.startswith(CORE_MESSAGE) or not UNET3D_ONLY.search(message):
             return
+        key = message[len(CORE_MESSAGE):]
         now = time.monotonic()
-        quiet, self.last_notice = now - self.last_notice < QUIET_SECONDS, now
-        if not quiet:
-            logging.getLogger("unet3d").warning(NOTICE, message[len(CORE_MESSAGE):])
+        new_load = now - self.last_line > BURST_GAP_SECONDS or key in self.burst or len(self.burst) >= MAX_BURST_KEYS
+        self.last_line = now
+        if new_load:
+            self.burst.clear()
+            logging.getLogger("unet3d").warning(NOTICE, key)
+        self.burst.add(key)
 
 
 def install() -> None:
