@@ -57,9 +57,7 @@ def main(argv=None) -> int:
             patch = ("TorchCompileModel", {"backend": args.backend}) if compiled else None
             prompt = graphs.t2v_prompt(standins["unet"], standins["clip"], width=args.size, height=args.size,
                                        frames=args.frames, seed=seed, steps=args.steps, patch=patch)
-            answer = proc.run(prompt, capture=[graphs.SAMPLER], capture_dir=str(work / "captures"))
-            raw = torch.load(answer["captured"][graphs.SAMPLER])
-            latent = raw[0][0]["samples"] if isinstance(raw[0], list) else raw[0]["samples"]
+            latent, answer = proc.sample(prompt, graphs.SAMPLER, str(work / "captures"))
             return answer["node_seconds"][graphs.SAMPLER], latent
 
         sample(0, False)                                   # warm-up: loads, encodes the prompts

@@ -68,9 +68,7 @@ def run_setting(proc, standins, name, file, args, capture_dir):
                                  scheduler="normal", patch=patch)
 
     def sample(n, seed):
-        answer = proc.run(prompt(n, seed), capture=[graphs.SAMPLER], capture_dir=capture_dir)
-        raw = torch.load(answer["captured"][graphs.SAMPLER])
-        latent = raw[0][0]["samples"] if isinstance(raw[0], list) else raw[0]["samples"]
+        latent, answer = proc.sample(prompt(n, seed), graphs.SAMPLER, capture_dir)
         return answer["node_seconds"][graphs.SAMPLER], latent
 
     proc.run(prompt(1, 0))   # warm-up: loads the model and the text encoder, encodes the prompts

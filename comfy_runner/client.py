@@ -74,6 +74,15 @@ class HostProcess:
     def run(self, prompt: Dict[str, Any], check: bool = True, **kwargs) -> Dict[str, Any]:
         return self.request("run", check=check, prompt=prompt, **kwargs)
 
+    def sample(self, prompt: Dict[str, Any], node_id: str, capture_dir: str, **kwargs):
+        """Run ``prompt``; return (the LATENT samples tensor node ``node_id`` output, the answer)."""
+        import torch  # the client itself needs no torch; only this reader does
+
+        answer = self.run(prompt, capture=[node_id], capture_dir=capture_dir, **kwargs)
+        raw = torch.load(answer["captured"][node_id], weights_only=True)
+        first = raw[0][0] if isinstance(raw[0], list) else raw[0]   # list outputs (0.8.0) or plain ones
+        return first["samples"], answer
+
     def call(self, file: str, func: str, **kwargs) -> Any:
         return self.request("call", file=str(file), func=func, kwargs=kwargs)["result"]
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
@@ -37,9 +36,7 @@ class Harness:
         self._n += 1
         cap = self.tmp / f"cap{self._n}"
         cap.mkdir()
-        answer = self.proc.run(prompt, fresh=fresh, capture=[graphs.SAMPLER], capture_dir=str(cap))
-        raw = torch.load(answer["captured"][graphs.SAMPLER])
-        return raw[0][0]["samples"] if isinstance(raw[0], list) else raw[0]["samples"], answer
+        return self.proc.sample(prompt, graphs.SAMPLER, str(cap), fresh=fresh)
 
     def probe(self, func, **kwargs):
         return self.proc.call(str(PROBES), func, **kwargs)
