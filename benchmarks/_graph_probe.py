@@ -5,9 +5,7 @@ folders), and torch.compile's counters."""
 
 def add_unet_folder(host, folder):
     host.folder_paths.add_model_folder_path("unet", folder)
-    cache = getattr(host.folder_paths, "filename_list_cache", None)
-    if isinstance(cache, dict):
-        cache.clear()
+    host.standins.refresh_file_lists(host.folder_paths)
     return sorted(host.folder_paths.get_filename_list("unet"))
 
 

@@ -134,12 +134,13 @@ def provision(host, cache_dir, clip=True):
         folder = fp.get_folder_paths("vae_approx")[0]
         _link(enc, folder, "taesd_encoder.safetensors")
         _link(dec, folder, "taesd_decoder.safetensors")
-    _refresh_cache(fp)
+    refresh_file_lists(fp)
     result["created"] = made
     return result
 
 
-def _refresh_cache(fp):
+def refresh_file_lists(fp):
+    """Make the host list model files again (it caches the lists of each folder)."""
     cache = getattr(fp, "filename_list_cache", None)
     if isinstance(cache, dict):
         cache.clear()

@@ -136,10 +136,10 @@ class _ProjectedTransformer(nn.Module):
     def _rows_to_rows(self, rows, context, mask, call_options, cross_attention_kwargs, feature_shape):
         """proj_in -> blocks -> proj_out on ``(rows, tokens, channels)``; on CPU in row tiles (``tiling``)."""
         n, tokens, _ = rows.shape
-        step = None
-        if all(block.tileable(call_options) for block in self.transformer_blocks) and (
-                context is None or context.shape[0] == n):
-            step = rows_per_tile(rows, n, tokens, self.inner_dim)
+        step = rows_per_tile(rows, n, tokens, self.inner_dim)   # cheap device / autograd / compile test first
+        if step is not None and not (all(block.tileable(call_options) for block in self.transformer_blocks)
+                                     and (context is None or context.shape[0] == n)):
+            step = None
         if step is None:
             return self._project(rows, context, mask, call_options, cross_attention_kwargs, feature_shape)
         out = None
