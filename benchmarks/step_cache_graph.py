@@ -9,10 +9,11 @@ Per repeat every interval runs once, interleaved (the order alternates between r
 seed: a new seed makes the sampler run again while the text encodings stay cached. The time is the executor's time
 of the KSampler node (all its steps, cfg as ComfyUI batches it); the speed-up is the plain run's median over the
 cached run's; the error is max |cached - plain| / max |plain| of the final latents of the same seed. Random weights:
-the error says how far the cache moves the sampler, not how a video looks.
+the error says how far the cache moves the sampler, not how a video looks. An interval with a ``t`` (``3t``) also
+sets the node's ``reuse_temporal_in``.
 
     python benchmarks/step_cache_graph.py [--settings tiny,medium,zeroscope-small] [--steps 20]
-                                          [--intervals 1,2,3,5] [--repeats 2] [--depth 1] [--sampler euler]
+                                          [--intervals 1,2,3,5,3t] [--repeats 2] [--depth 1] [--sampler euler]
 """
 from __future__ import annotations
 
@@ -52,17 +53,38 @@ def save_model(name: str, folder: Path) -> str:
     return file
 
 
+PLAIN = (1, False)
+
+
+def parse_intervals(text: str):
+    """``"2,3,3t"`` -> ``[(1, False), (2, False), (3, False), (3, True)]``: the plain run first, ``t`` = also reuse
+    transformer_in's delta."""
+    intervals = []
+    for entry in text.split(","):
+        entry = entry.strip()
+        reuse = entry.endswith("t")
+        digits = entry[:-1] if reuse else entry
+        if not digits.isdigit() or not 1 <= int(digits) <= 1000:
+            raise SystemExit(f"--intervals: {entry!r} is not an interval from 1 to 1000 (optionally with a 't')")
+        intervals.append((int(digits), reuse and int(digits) > 1))
+    return [PLAIN] + [n for n in dict.fromkeys(intervals) if n != PLAIN]
+
+
+def label(n) -> str:
+    return f"{n[0]}" + (" + temporal_in reused" if n[1] else "")
+
+
 def run_setting(proc, standins, name, file, args, capture_dir):
     frames, height, width = CONFIGS[name][1]
-    intervals = [int(n) for n in args.intervals.split(",")]
-    if intervals[0] != 1:
-        intervals = [1] + intervals
+    intervals = parse_intervals(args.intervals)
     seconds = {n: [] for n in intervals}
     errors = {n: [] for n in intervals}
 
     def prompt(n, seed):
-        patch = None if n == 1 else ("UNet3DStepCache", {"interval": n, "start_percent": 0.0, "end_percent": 1.0,
-                                                          "depth": args.depth})
+        interval, reuse_temporal_in = n
+        patch = None if n == PLAIN else ("UNet3DStepCache", {
+            "interval": interval, "start_percent": 0.0, "end_percent": 1.0, "depth": args.depth,
+            "reuse_temporal_in": reuse_temporal_in})
         return graphs.t2v_prompt(file, standins["clip"], width=8 * width, height=8 * height, frames=frames,
                                  seed=seed, steps=args.steps, cfg=9.0, sampler_name=args.sampler,
                                  scheduler="normal", patch=patch)
@@ -71,22 +93,22 @@ def run_setting(proc, standins, name, file, args, capture_dir):
         latent, answer = proc.sample(prompt(n, seed), graphs.SAMPLER, capture_dir)
         return answer["node_seconds"][graphs.SAMPLER], latent
 
-    proc.run(prompt(1, 0))   # warm-up: loads the model and the text encoder, encodes the prompts
+    proc.run(prompt(PLAIN, 0))   # warm-up: loads the model and the text encoder, encodes the prompts
     for r in range(args.repeats):
         latents = {}
         for n in (intervals if r % 2 == 0 else intervals[::-1]):
             took, latents[n] = sample(n, 100 + r)
             seconds[n].append(took)
         for n in intervals:
-            plain = latents[1]
+            plain = latents[PLAIN]
             errors[n].append(((latents[n] - plain).abs().max() / plain.abs().max()).item())
-        print(f"{name} repeat {r + 1}: " + ", ".join(f"N={n} {seconds[n][-1]:.1f}s err {errors[n][-1]:.1e}"
+        print(f"{name} repeat {r + 1}: " + ", ".join(f"N={label(n)} {seconds[n][-1]:.1f}s err {errors[n][-1]:.1e}"
                                                    for n in intervals),
               file=sys.stderr, flush=True)
-    base = statistics.median(seconds[1])
-    return [[name, f"{frames}x{8 * height}x{8 * width}", n, ", ".join(f"{s:.1f}" for s in seconds[n]),
+    base = statistics.median(seconds[PLAIN])
+    return [[name, f"{frames}x{8 * height}x{8 * width}", label(n), ", ".join(f"{s:.1f}" for s in seconds[n]),
              f"{statistics.median(seconds[n]):.1f}", f"{base / statistics.median(seconds[n]):.2f}x",
-             f"{max(errors[n]):.1e}"] for n in intervals]
+             f"{max(errors[n]):.2e}"] for n in intervals]
 
 
 def main(argv=None) -> int:

@@ -69,13 +69,21 @@ class UNet3DStepCache:
                 "tooltip": "Layers of the last decoder block that run on cached steps (with the encoder layers "
                            "whose skips they use). 0 = all of them (closest to the full model); 1 = only the last "
                            "(fastest, furthest)."}),
+            "reuse_temporal_in": ("BOOLEAN", {
+                "default": False,
+                "tooltip": "Cached steps also skip the first frame-mixing layer (transformer_in) and add what it "
+                           "added on the last full step. Little gain on Zeroscope/ModelScope (a few % of a step); "
+                           "large on models whose first block is narrow, where that layer is most of a cached "
+                           "step. Less exact: the result drifts further."}),
         }}
 
-    def patch(self, model, interval=3, start_percent=0.0, end_percent=1.0, depth=1):
+    def patch(self, model, interval=3, start_percent=0.0, end_percent=1.0, depth=1, reuse_temporal_in=False):
         _unet(model)
         interval, depth = validate_interval(int(interval)), validate_depth(int(depth))
         check_percents(start_percent, end_percent)
+        if not isinstance(reuse_temporal_in, bool):
+            raise SettingError(f"UNet3D Step Cache: reuse_temporal_in must be true or false, got {reuse_temporal_in!r}")
         sampling = model_sampling(model)
         cache = StepCache(interval, depth, level_start=float(sampling.percent_to_sigma(start_percent)),
-                          level_end=float(sampling.percent_to_sigma(end_percent)))
+                          level_end=float(sampling.percent_to_sigma(end_percent)), reuse_temporal_in=reuse_temporal_in)
         return (_clone_with_option(model, "step_cache", cache),)

@@ -125,6 +125,82 @@ def test_additional_residuals_run_in_full(model, data):
     assert torch.equal(got, run(model, x2, 10, context))
 
 
+class TemporalInRecord:
+    """Forward hooks on ``transformer_in``: record what it added to its input, or make it add ``replace`` instead;
+    a hook on its ``proj_in`` counts how often it really ran."""
+
+    def __init__(self, model, replace=None):
+        self.replace, self.delta, self.runs = replace, None, 0
+        self.handles = [model.transformer_in.register_forward_hook(self.after),
+                        model.transformer_in.proj_in.register_forward_hook(self.count)]
+
+    def after(self, module, args, out):
+        self.delta = out - args[0]
+        return None if self.replace is None else args[0] + self.replace
+
+    def count(self, *_):
+        self.runs += 1
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def test_reuse_temporal_in_full_calls_are_plain_and_keep_the_delta(model, data):
+    x, context, _ = data
+    record = TemporalInRecord(model)
+    plain = run(model, x, 10, context)
+    record.remove()
+    slot = FeatureSlot()
+    got = run(model, x, 10, context, StepCachePlan(slot, keep=True, reuse_temporal_in=True))
+    assert torch.equal(got, plain)
+    b, _, f, h, w = x.shape
+    kept = slot.temporal_in.reshape(b * f, -1, h, w)
+    assert rel_err(kept, record.delta) < 1e-6
+    # on its own input a cached call is the plain forward bit for bit: the delta is added exactly as the layer adds it
+    assert torch.equal(run(model, x, 10, context, StepCachePlan(slot, reuse=True, reuse_temporal_in=True)), plain)
+    run(model, x, 10, context, StepCachePlan(slot, keep=False, reuse_temporal_in=True))
+    assert slot.temporal_in is None and slot.features is None     # keep=False empties both
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_reuse_temporal_in_cached_call_skips_the_layer_and_adds_the_kept_delta(model, data, depth):
+    x, context, x2 = data
+    index = first_fresh_concat(model, depth)
+    swap = SwapAt(index)
+    record = TemporalInRecord(model)
+    with torch.no_grad():
+        model(x, 10, context, call_options={"hooks": swap})
+    record.remove()
+    slot = FeatureSlot()
+    run(model, x, 10, context, StepCachePlan(slot, keep=True, depth=depth, reuse_temporal_in=True))
+    count = TemporalInRecord(model)
+    cached = run(model, x2, 30, context, StepCachePlan(slot, reuse=True, depth=depth, reuse_temporal_in=True))
+    count.remove()
+    assert count.runs == 0                                   # transformer_in did not run
+    oracle = TemporalInRecord(model, replace=record.delta)
+    with torch.no_grad():
+        want = model(x2, 30, context, call_options={"hooks": SwapAt(index, swap.seen)}).sample
+    oracle.remove()
+    assert rel_err(cached, want) < 1e-5
+    without = run(model, x2, 30, context, StepCachePlan(slot, reuse=True, depth=depth))
+    assert rel_err(cached, without) > 1e-4                   # the kept delta was used, not a fresh one
+
+
+def test_reuse_temporal_in_delta_of_other_clips_is_not_used(model, data):
+    x, context, x2 = data
+    slot = FeatureSlot()
+    run(model, x, 10, context, StepCachePlan(slot, keep=True, reuse_temporal_in=True))
+    # the same rows (2 clips x 4 frames = 1 clip x 8 frames) and size: the deep features fit, the delta does not
+    one_clip = x2.permute(0, 2, 1, 3, 4).reshape(1, -1, *x2.shape[1:2], *x2.shape[3:]).permute(0, 2, 1, 3, 4)
+    assert one_clip.shape[2] == 2 * x2.shape[2]
+    count = TemporalInRecord(model)
+    got = run(model, one_clip, 30, context[:1], StepCachePlan(slot, reuse=True, reuse_temporal_in=True))
+    count.remove()
+    assert count.runs == 1
+    assert torch.equal(got, run(model, one_clip, 30, context[:1], StepCachePlan(slot, reuse=True)))
+
+
 def test_bad_plan_values_are_clear_errors(model, data):
     x, context, _ = data
     with pytest.raises(ValueError, match="StepCachePlan"):
@@ -133,6 +209,8 @@ def test_bad_plan_values_are_clear_errors(model, data):
         StepCachePlan(depth=-1)
     with pytest.raises(ValueError, match="interval"):
         StepCache(0)
+    with pytest.raises(ValueError, match="reuse_temporal_in"):
+        StepCachePlan(reuse_temporal_in="yes")
 
 
 # ------------------------------------------------------------------------------------------------ the schedule
@@ -177,7 +255,8 @@ def test_last_level_keeps_nothing_and_copies_start_empty():
     cache.plan(9).slot.features = torch.zeros(1)
     assert cache.kept == 1
     clone = copy.deepcopy(cache)
-    assert clone.kept == 0 and (clone.interval, clone.depth) == (2, 0)
+    assert clone.kept == 0 and (clone.interval, clone.depth, clone.reuse_temporal_in) == (2, 0, False)
+    assert copy.deepcopy(StepCache(3, 1, reuse_temporal_in=True)).plan(9).reuse_temporal_in is True
     assert cache.plan(8, last=True).keep is False
 
 
@@ -194,5 +273,8 @@ def test_sampling_loop_with_interval_one_equals_plain_and_caching_stays_close(mo
 
     plain = sample(None)
     assert torch.equal(sample(StepCache(1)), plain)
+    assert torch.equal(sample(StepCache(1, reuse_temporal_in=True)), plain)
     cached = sample(StepCache(2))
     assert torch.isfinite(cached).all() and 0 < rel_err(cached, plain) < 0.5
+    more = sample(StepCache(2, reuse_temporal_in=True))
+    assert torch.isfinite(more).all() and 0 < rel_err(more, plain) < 0.5 and not torch.equal(more, cached)

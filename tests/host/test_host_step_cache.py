@@ -36,6 +36,18 @@ def test_caching_acts_stays_close_and_does_not_depend_on_earlier_prompts(host):
     assert torch.equal(again, first), "the same graph must give the same latent whatever ran before it"
 
 
+def test_reuse_temporal_in_acts_beyond_the_default_and_is_off_at_interval_one(host):
+    plain = host.sample(host.prompt(seed=78, steps=STEPS, frames=4))[0]
+    off = host.sample(host.prompt(seed=78, steps=STEPS, frames=4, patch=_cache(1, reuse_temporal_in=True)))[0]
+    default = host.sample(host.prompt(seed=78, steps=STEPS, frames=4, patch=_cache(3)))[0]
+    more = host.sample(host.prompt(seed=78, steps=STEPS, frames=4, patch=_cache(3, reuse_temporal_in=True)))[0]
+    again = host.sample(host.prompt(seed=78, steps=STEPS, frames=4, patch=_cache(3, reuse_temporal_in=True)))[0]
+    assert torch.equal(off, plain)
+    assert torch.isfinite(more).all() and 1e-4 < _rel(more, plain) < 0.5, _rel(more, plain)
+    assert not torch.equal(more, default)
+    assert torch.equal(again, more)
+
+
 def test_window_outside_the_run_is_the_plain_model(host):
     plain = host.sample(host.prompt(seed=75, steps=STEPS, frames=4))[0]
     late = host.sample(host.prompt(seed=75, steps=STEPS, frames=4,

@@ -162,14 +162,15 @@ class UNet3DNetwork(nn.Module, controls.RuntimeControls):
         # 1. fold frames into the batch, embed, and mix frames once before the encoder
         h = sample.permute(0, 2, 1, 3, 4).reshape(b * f, *sample.shape[1:2], *sample.shape[3:])
         h = self.conv_in(h)
-        h = self.transformer_in(h, f, opts, xattn)
-        skip, h = opts.hooks.encoder_skip(h, 0)
-        skips = [skip]
-        freeu = opts.freeu if opts.override_freeu() else self._freeu
         plan = opts.step_cache
         if down_block_additional_residuals is not None or mid_block_additional_residual is not None:
             plan = None  # residuals for the deep blocks would be ignored by a cached evaluation: run in full
-        if plan is not None and plan.reuse and plan.slot.fits(h, b * f, *h.shape[2:]):
+        cached = plan is not None and plan.reuse and plan.slot.fits(h, b * f, *h.shape[2:])
+        h = self._transformer_in(plan, cached, h, f, opts, xattn)
+        skip, h = opts.hooks.encoder_skip(h, 0)
+        skips = [skip]
+        freeu = opts.freeu if opts.override_freeu() else self._freeu
+        if cached:
             h = self._cached_decoder(plan, h, skips, temb, context, mask, f, opts, xattn, freeu)
         else:
             h = self._encode_decode(plan, h, skips, temb, context, mask, f, opts, xattn, freeu, out_size,
@@ -210,6 +211,21 @@ class UNet3DNetwork(nn.Module, controls.RuntimeControls):
             h = self._run(block, h, block_skips, temb, context, mask, f, opts, xattn, size, freeu,
                           range(split, len(block.resnets)))
         return h
+
+    def _transformer_in(self, plan, cached, h, f, opts, xattn):
+        """``transformer_in``; with a step-cache plan that reuses its delta, a cached call adds the kept one instead
+        and a full call keeps its own (``unet3d.network.step_cache``)."""
+        if plan is None or not plan.reuse_temporal_in:
+            return self.transformer_in(h, f, opts, xattn)
+        slot = plan.slot
+        delta = slot.temporal_in if cached and slot.temporal_in_fits(h, f) else None
+        if delta is None:
+            delta = self.transformer_in.delta(h, f, opts, xattn)
+            if not cached:
+                slot.temporal_in = delta.detach()
+        if not plan.keep:
+            slot.temporal_in = None
+        return self.transformer_in.add_delta(h, delta)
 
     def _cached_decoder(self, plan, h, skips, temb, context, mask, f, opts, xattn, freeu):
         """A step-cache evaluation (``unet3d.network.step_cache``): the shallow skips fresh, the deep features kept."""

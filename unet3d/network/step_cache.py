@@ -14,6 +14,13 @@ one:
 block and last up block run: the prototype measured in the README). Nothing else changes: with no plan, or a plan that
 does not reuse, the forward is the plain one, bit for bit.
 
+``reuse_temporal_in`` also keeps what ``transformer_in`` added to its input on the last full evaluation, and a cached
+one adds that to its fresh ``conv_in`` output instead of running ``transformer_in``. That layer
+mixes frames at full resolution and is 8 heads x 64 wide whatever the first block's width, so where that block is
+narrow it is most of a cached evaluation (about 35 % of a full one on the benchmarks' medium config, against 3 % on
+Zeroscope's). What it adds follows the input, so this is less exact than reusing deep features alone: the graph
+benchmark prints both.
+
 Two objects, both host-free:
 
 - :class:`StepCachePlan` is the per-call option (``call_options={"step_cache": plan}``): reuse or not, store or not,
@@ -39,10 +46,11 @@ MAX_DEPTH = 64
 class FeatureSlot:
     """The deep features one call site keeps between steps (``None`` when empty)."""
 
-    __slots__ = ("features",)
+    __slots__ = ("features", "temporal_in")
 
     def __init__(self):
         self.features: Optional[torch.Tensor] = None
+        self.temporal_in: Optional[torch.Tensor] = None   # transformer_in's delta, with ``reuse_temporal_in``
 
     def fits(self, like: torch.Tensor, rows: int, height: int, width: int) -> bool:
         """Whether the kept features belong to a call of ``rows`` rows at ``height`` x ``width`` latent pixels on
@@ -50,6 +58,13 @@ class FeatureSlot:
         f = self.features
         return (f is not None and f.shape[0] == rows and tuple(f.shape[-2:]) == (height, width)
                 and f.device == like.device and f.dtype == like.dtype)
+
+    def temporal_in_fits(self, like: torch.Tensor, frames: int) -> bool:
+        """Whether a kept ``transformer_in`` delta ``(B, F, C, H, W)`` belongs to ``like``, a ``conv_in`` output
+        ``(B*F, C, H, W)`` of clips of ``frames`` frames."""
+        r = self.temporal_in
+        return (r is not None and r.shape[1] == frames and r.shape[0] * frames == like.shape[0]
+                and tuple(r.shape[2:]) == tuple(like.shape[1:]) and r.device == like.device and r.dtype == like.dtype)
 
 
 def fresh_layers(plan: "StepCachePlan", layer_count: int) -> int:
@@ -61,16 +76,21 @@ def fresh_layers(plan: "StepCachePlan", layer_count: int) -> int:
 class StepCachePlan:
     """What one forward call does: ``reuse`` the slot's features (a cached evaluation; a call they do not fit runs
     in full), and whether the slot ``keep``s features after the call (a full call stores its own, a cached call leaves
-    the slot as it was); with ``keep=False`` the slot is emptied."""
+    the slot as it was); with ``keep=False`` the slot is emptied. ``reuse_temporal_in``: full calls also keep
+    ``transformer_in``'s delta and cached calls add it instead of running that layer."""
     slot: FeatureSlot = field(default_factory=FeatureSlot)
     reuse: bool = False
     keep: bool = True
     depth: int = 0          # fresh layers of the last up block on a cached call; 0 = all of them
+    reuse_temporal_in: bool = False
 
     def __post_init__(self):
         if not isinstance(self.slot, FeatureSlot):
             raise ValueError(f"step cache plan: slot must be a FeatureSlot, got {type(self.slot).__name__}")
         validate_depth(self.depth)
+        if not isinstance(self.reuse_temporal_in, bool):
+            raise ValueError(f"step cache plan: reuse_temporal_in must be True or False, "
+                             f"got {self.reuse_temporal_in!r}")
 
 
 def validate_depth(depth) -> int:
@@ -98,10 +118,12 @@ class StepCache:
     outlive the window; without ``last`` they live until the next call of this object.
     """
 
-    def __init__(self, interval: int, depth: int = 0, level_start: float = float("inf"), level_end: float = 0.0):
+    def __init__(self, interval: int, depth: int = 0, level_start: float = float("inf"), level_end: float = 0.0,
+                 reuse_temporal_in: bool = False):
         self.interval = validate_interval(interval)
         self.depth = validate_depth(depth)
         self.level_start, self.level_end = float(level_start), float(level_end)
+        self.reuse_temporal_in = bool(reuse_temporal_in)
         self.reset()
 
     def reset(self) -> None:
@@ -113,7 +135,7 @@ class StepCache:
 
     def __deepcopy__(self, memo):
         """Hosts deep-copy model options when they clone a model: the copy starts empty (features are not copied)."""
-        return StepCache(self.interval, self.depth, self.level_start, self.level_end)
+        return StepCache(self.interval, self.depth, self.level_start, self.level_end, self.reuse_temporal_in)
 
     @property
     def kept(self) -> int:
@@ -138,4 +160,5 @@ class StepCache:
             self._slots.clear()
             return None
         slot = self._slots.setdefault((self._call, key), FeatureSlot())
-        return StepCachePlan(slot, reuse=self._step % self.interval != 0, keep=not last, depth=self.depth)
+        return StepCachePlan(slot, reuse=self._step % self.interval != 0, keep=not last, depth=self.depth,
+                             reuse_temporal_in=self.reuse_temporal_in)

@@ -183,13 +183,22 @@ class TransformerTemporalModel(_ProjectedTransformer):
                          device=device)
 
     def forward(self, x, num_frames: int, call_options: CallOptions = NO_OPTIONS, cross_attention_kwargs=None):
+        return self.add_delta(x, self.delta(x, num_frames, call_options, cross_attention_kwargs))
+
+    def delta(self, x, num_frames: int, call_options: CallOptions = NO_OPTIONS, cross_attention_kwargs=None):
+        """What the layer adds to its input ``(B*F, C, H, W)``, as a ``(B, F, C, H, W)`` view of the sequence rows
+        (the step cache keeps it between steps)."""
         n, c, h, w = x.shape
         b = n // num_frames
-        residual = x.reshape(b, num_frames, c, h, w)
-        x = self._rows_to_rows(self._normed_sequences(residual), None, None, call_options, cross_attention_kwargs,
-                               (n, c, h, w))
-        # the residual first: the sum is written in the folded layout straight from the sequence rows (no copy)
-        return torch.add(residual, x.view(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2)).view(n, c, h, w)
+        x = self._rows_to_rows(self._normed_sequences(x.reshape(b, num_frames, c, h, w)), None, None, call_options,
+                               cross_attention_kwargs, (n, c, h, w))
+        return x.view(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2)
+
+    @staticmethod
+    def add_delta(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """``x + delta`` in ``x``'s folded layout; the input first, so the sum is written straight from the sequence
+        rows (no copy)."""
+        return torch.add(x.reshape(delta.shape), delta).view(x.shape)
 
     def _normed_sequences(self, frames: torch.Tensor) -> torch.Tensor:
         """GroupNorm of ``(B, F, C, H, W)`` frames with statistics over frames and pixels, as ``(B*H*W, F, C)``
