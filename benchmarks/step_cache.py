@@ -8,7 +8,7 @@ the plain run (max |a - b| / max |b|). Random weights: the error says how far th
 video looks.
 
     python benchmarks/step_cache.py [--settings tiny,medium] [--steps 20] [--intervals 1,2,3,5] [--repeats 3]
-                                    [--depths 0,1]
+                                    [--depths 0,1] [--reuse-temporal-in]
 
 The cost of one cached evaluation against a full one is printed too (median over the run's calls of each kind).
 """
@@ -64,7 +64,7 @@ def sample(model, noise, cond, uncond, steps, cache=None, timings=None):
     return x
 
 
-def run_setting(name: str, steps: int, intervals, repeats: int, depth: int = 0):
+def run_setting(name: str, steps: int, intervals, repeats: int, depth: int = 0, reuse_temporal_in: bool = False):
     config = CONFIGS[name]
     videos, frames, height, width, tokens = SHAPES[name]
     torch.manual_seed(0)
@@ -81,7 +81,8 @@ def run_setting(name: str, steps: int, intervals, repeats: int, depth: int = 0):
             for n in order:
                 timings = []
                 start = time.perf_counter()
-                latent = sample(model, noise, cond, uncond, steps, StepCache(n, depth), timings)
+                cache = StepCache(n, depth, reuse_temporal_in=reuse_temporal_in)
+                latent = sample(model, noise, cond, uncond, steps, cache, timings)
                 results[n]["seconds"].append(time.perf_counter() - start)
                 results[n]["calls"].extend(timings)
                 results[n]["latent"] = latent
@@ -94,7 +95,8 @@ def run_setting(name: str, steps: int, intervals, repeats: int, depth: int = 0):
         cached = [s for kind, s in res["calls"] if kind == "cached"]
         cost = f"{statistics.median(cached) / statistics.median(full):.2f}" if cached else "-"
         err = ((res["latent"] - plain["latent"]).abs().max() / plain["latent"].abs().max()).item()
-        rows.append([name, depth, n, sum(k == "full" for k, _ in res["calls"]) // repeats,
+        rows.append([name, depth, "yes" if reuse_temporal_in else "no", n,
+                     sum(k == "full" for k, _ in res["calls"]) // repeats,
                      sum(k == "cached" for k, _ in res["calls"]) // repeats, f"{seconds:.2f}",
                      f"{statistics.median(plain['seconds']) / seconds:.2f}x", cost, f"{err:.1e}"])
     return rows
@@ -107,6 +109,8 @@ def main() -> None:
     parser.add_argument("--intervals", default="1,2,3,5")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--depths", default="0", help="fresh layers of the last up block on cached calls (0 = all)")
+    parser.add_argument("--reuse-temporal-in", action="store_true",
+                        help="cached calls also add transformer_in's kept delta instead of running it")
     opts = parser.parse_args()
     intervals = [int(n) for n in opts.intervals.split(",")]
     if intervals[0] != 1:
@@ -114,12 +118,12 @@ def main() -> None:
     rows = []
     for name in opts.settings.split(","):
         for depth in (int(d) for d in opts.depths.split(",")):
-            rows += run_setting(name, opts.steps, intervals, opts.repeats, depth)
+            rows += run_setting(name, opts.steps, intervals, opts.repeats, depth, opts.reuse_temporal_in)
             print(f"done: {rows[-len(intervals):]}", file=sys.stderr, flush=True)   # long runs: partial results
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU, Euler {opts.steps} steps, cfg "
           f"batch 2, median of {opts.repeats} interleaved runs")
-    print(table(rows, ["setting", "depth", "interval", "full calls", "cached calls", "s / video", "speed-up",
-                       "cached / full call", "rel err of final latent"]))
+    print(table(rows, ["setting", "depth", "reuse temporal_in", "interval", "full calls", "cached calls", "s / video",
+                       "speed-up", "cached / full call", "rel err of final latent"]))
 
 
 if __name__ == "__main__":
