@@ -6,13 +6,17 @@ Peak memory: a fresh subprocess per implementation builds the model, loads the s
 the figure is the growth of RSS during that forward, sampled by a thread (activations + workspace; weights do
 not count).
 
-    python benchmarks/forward.py [--runs 7] [--settings tiny,medium]
+``--busy-cores N`` times both while N other processes spin on a core each, as on a shared machine (peak memory is
+measured without them).
+
+    python benchmarks/forward.py [--runs 7] [--settings tiny,medium] [--busy-cores 0]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -90,18 +94,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--settings", default="tiny,medium")
+    parser.add_argument("--busy-cores", type=int, default=0, choices=range(0, 65), metavar="N",
+                        help="other processes spinning while the times are taken (0-64)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.child:
         return memory_child(*opts.child)
     rows = []
     for name in opts.settings.split(","):
-        t = time_pair(name, opts.runs)
+        spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(opts.busy_cores)]
+        try:
+            t = time_pair(name, opts.runs)
+        finally:
+            for spinner in spinners:
+                spinner.kill()
+                spinner.wait()
         m = memory_pair(name)
         rows.append([name, f"{t['ours'] * 1000:.1f}", f"{t['diffusers'] * 1000:.1f}",
                      f"{t['ours'] / t['diffusers']:.2f}x", f"{m['ours'] / 2**20:.0f}", f"{m['diffusers'] / 2**20:.0f}",
                      f"{m['ours'] / max(m['diffusers'], 1):.2f}x", f"{t['rel_err']:.1e}"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU, median of {opts.runs}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU, median of {opts.runs}, "
+          f"{opts.busy_cores} busy cores")
     print(table(rows, ["setting", "ours ms", "diffusers ms", "time ratio", "ours peak MiB", "diffusers peak MiB",
                        "memory ratio", "rel err"]))
 
