@@ -153,8 +153,11 @@ def diffusers_text_encoder(sd: dict):
                             num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu",
                             projection_dim=1024)
     model = CLIPTextModel(config).eval()
-    kept = {k: v.float() for k, v in sd.items() if k in model.state_dict()}
-    missing = set(model.state_dict()) - set(kept) - {"text_model.embeddings.position_ids"}
+    # transformers 4 names these "text_model.embeddings...", later versions "embeddings...": match without the prefix
+    by_name = {k.removeprefix("text_model."): v for k, v in sd.items()}
+    kept = {k: by_name[k.removeprefix("text_model.")].float() for k in model.state_dict()
+            if k.removeprefix("text_model.") in by_name}
+    missing = {k for k in set(model.state_dict()) - set(kept) if not k.endswith("embeddings.position_ids")}
     if missing:
         raise KeyError(f"text encoder tensors missing: {sorted(missing)[:4]}")
     model.load_state_dict(kept, strict=False)
