@@ -13,7 +13,13 @@ calls the model once per window and cond batch: each of those call sites keeps i
 from __future__ import annotations
 
 from ..unet3d.errors import SettingError
-from ..unet3d.network.step_cache import MAX_INTERVAL, StepCache, validate_depth, validate_interval
+from ..unet3d.network.step_cache import (
+    MAX_INTERVAL,
+    StepCache,
+    validate_depth,
+    validate_interval,
+    validate_reuse_temporal_in,
+)
 from .patches import CATEGORY, MODEL_TIP, _clone_with_option, _unet
 
 MAX_DEPTH_WIDGET = 8
@@ -81,9 +87,8 @@ class UNet3DStepCache:
         _unet(model)
         interval, depth = validate_interval(int(interval)), validate_depth(int(depth))
         check_percents(start_percent, end_percent)
-        if not isinstance(reuse_temporal_in, bool):
-            raise SettingError(f"UNet3D Step Cache: reuse_temporal_in must be true or false, got {reuse_temporal_in!r}")
         sampling = model_sampling(model)
         cache = StepCache(interval, depth, level_start=float(sampling.percent_to_sigma(start_percent)),
-                          level_end=float(sampling.percent_to_sigma(end_percent)), reuse_temporal_in=reuse_temporal_in)
+                          level_end=float(sampling.percent_to_sigma(end_percent)),
+                          reuse_temporal_in=validate_reuse_temporal_in(reuse_temporal_in))
         return (_clone_with_option(model, "step_cache", cache),)

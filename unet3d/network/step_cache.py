@@ -88,9 +88,7 @@ class StepCachePlan:
         if not isinstance(self.slot, FeatureSlot):
             raise ValueError(f"step cache plan: slot must be a FeatureSlot, got {type(self.slot).__name__}")
         validate_depth(self.depth)
-        if not isinstance(self.reuse_temporal_in, bool):
-            raise ValueError(f"step cache plan: reuse_temporal_in must be True or False, "
-                             f"got {self.reuse_temporal_in!r}")
+        validate_reuse_temporal_in(self.reuse_temporal_in)
 
 
 def validate_depth(depth) -> int:
@@ -98,6 +96,12 @@ def validate_depth(depth) -> int:
         raise ValueError(f"step cache depth must be a whole number from 0 (the whole last up block) to {MAX_DEPTH}, "
                          f"got {depth!r}")
     return depth
+
+
+def validate_reuse_temporal_in(flag) -> bool:
+    if not isinstance(flag, bool):
+        raise ValueError(f"step cache reuse_temporal_in must be True or False, got {flag!r}")
+    return flag
 
 
 def validate_interval(interval) -> int:
@@ -123,7 +127,7 @@ class StepCache:
         self.interval = validate_interval(interval)
         self.depth = validate_depth(depth)
         self.level_start, self.level_end = float(level_start), float(level_end)
-        self.reuse_temporal_in = bool(reuse_temporal_in)
+        self.reuse_temporal_in = validate_reuse_temporal_in(reuse_temporal_in)
         self.reset()
 
     def reset(self) -> None:
