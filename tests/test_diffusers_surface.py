@@ -8,10 +8,14 @@ import pickle
 
 import pytest
 import torch
-from parity_helpers import TINY, inputs, twins
+from parity_helpers import TINY, inputs, rel_err, twins
 
 import unet3d
 from unet3d.errors import ReadOnlyError
+
+# Eager CPU inference computes transformer_in on its narrow side (unet3d/network/narrow_side.py): the numbers are
+# diffusers' to float rounding, not bit for bit.
+PARITY = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,7 @@ def _forward(model, sample, context, **kw):
 def test_output_reads_like_diffusers_output(pair):
     reference, ours, sample, context = pair
     theirs, mine = _forward(reference, sample, context), _forward(ours, sample, context)
-    assert torch.equal(mine.sample, theirs.sample)
+    assert rel_err(mine.sample, theirs.sample) <= PARITY
     for out in (theirs, mine):  # every access pattern: the same answers from both
         assert isinstance(out, dict) and list(out.keys()) == ["sample"] and "sample" in out
         assert out[0] is out["sample"] is out.sample and out.to_tuple() == (out.sample,)
@@ -207,7 +211,7 @@ def test_lora_scale_in_cross_attention_kwargs_is_warned_and_ignored_as_in_diffus
     theirs = _forward(reference, sample, context, cross_attention_kwargs={"scale": 0.5}).sample
     with caplog.at_level(logging.WARNING, logger="unet3d"):
         mine = _forward(ours, sample, context, cross_attention_kwargs={"scale": 0.5}).sample
-    assert torch.equal(mine, base) and torch.equal(mine, theirs)
+    assert torch.equal(mine, base) and rel_err(mine, theirs) <= PARITY
     warned = [r.getMessage() for r in caplog.records if r.name == "unet3d"]
     assert len(warned) == 1 and "['scale']" in warned[0] and "AttnProcessor2_0" in warned[0]
     caplog.clear()

@@ -26,6 +26,12 @@ def _out(model):
         return model(sample, 10, context).sample
 
 
+def _same_weights(mine, theirs) -> bool:
+    """The same tensor names and values: which weights a model loaded, independent of how it computes."""
+    a, b = mine.state_dict(), theirs.state_dict()
+    return list(a) == list(b) and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in b)
+
+
 def _tensors(path):
     return load_file(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
 
@@ -49,7 +55,7 @@ def test_sharded_save_matches_diffusers_file_for_file(tmp_path, size, variant, s
     pick = {"variant": variant, "use_safetensors": safe}  # diffusers finds sharded .bin only when told
     assert torch.equal(_out(_diffusers().from_pretrained(folder, **pick)), want)
     assert torch.equal(_out(AutoModel.from_pretrained(folder, **pick)), want)
-    assert torch.equal(_out(UNet3DConditionModel.from_pretrained(tmp_path / "theirs", variant=variant)), want)
+    assert _same_weights(UNet3DConditionModel.from_pretrained(tmp_path / "theirs", variant=variant), reference)
 
 
 def test_saving_again_leaves_one_copy_of_the_weights(tmp_path):
@@ -77,15 +83,15 @@ def test_folder_resolves_to_the_weights_diffusers_picks(tmp_path):
         theirs = _diffusers().from_pretrained(tmp_path, use_safetensors=use_safetensors)
         mine = UNet3DConditionModel.from_pretrained(tmp_path, use_safetensors=use_safetensors)
         outputs[use_safetensors] = _out(mine)
-        assert torch.equal(outputs[use_safetensors], _out(theirs))
+        assert _same_weights(mine, theirs)
     assert not torch.equal(outputs[True], outputs[False])
     sets[2].save_pretrained(tmp_path, max_shard_size="1MB")         # diffusers keeps the single file next to shards
     assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
     for use_safetensors in (None, True, False):
         theirs = _diffusers().from_pretrained(tmp_path, use_safetensors=use_safetensors)
         mine = UNet3DConditionModel.from_pretrained(tmp_path, use_safetensors=use_safetensors)
-        assert torch.equal(_out(mine), _out(theirs))
-    assert torch.equal(_out(UNet3DConditionModel.from_pretrained(tmp_path)), _out(sets[2]))  # the index wins
+        assert _same_weights(mine, theirs)
+    assert _same_weights(UNet3DConditionModel.from_pretrained(tmp_path), sets[2])  # the index wins
     only_bin = tmp_path / "bin"
     sets[1].save_pretrained(only_bin, safe_serialization=False)
     with pytest.raises(OSError):

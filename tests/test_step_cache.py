@@ -127,12 +127,13 @@ def test_additional_residuals_run_in_full(model, data):
 
 class TemporalInRecord:
     """Forward hooks on ``transformer_in``: record what it added to its input, or make it add ``replace`` instead;
-    a hook on its ``proj_in`` counts how often it really ran."""
+    a hook on its GroupNorm counts how often it really ran. (No hook on the layers inside: those would turn off
+    the narrow-side fold, ``unet3d/network/narrow_side.py``, and change the last bits.)"""
 
     def __init__(self, model, replace=None):
         self.replace, self.delta, self.runs = replace, None, 0
         self.handles = [model.transformer_in.register_forward_hook(self.after),
-                        model.transformer_in.proj_in.register_forward_hook(self.count)]
+                        model.transformer_in.norm.register_forward_hook(self.count)]
 
     def after(self, module, args, out):
         self.delta = out - args[0]

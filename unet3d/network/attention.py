@@ -6,6 +6,7 @@ as in diffusers. The core product of q, k, v is a plain function ``fn(q, k, v, h
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Callable, Optional
 
@@ -135,6 +136,17 @@ class FusedAttnProcessor2_0(AttnProcessor2_0):
 _OWN_PROCESSORS = (AttnProcessor2_0, SlicedAttnProcessor)
 
 
+def attention_core(processor, call_options: CallOptions) -> Optional[Callable]:
+    """What ``processor`` (the default or the sliced one) does between projecting q, k, v and ``to_out``, as
+    ``fn(q, k, v, heads, mask)``, for a caller that projects them itself; None for any other processor."""
+    core = call_options.attention_fn or sdpa_attention
+    if type(processor) is AttnProcessor2_0:
+        return core
+    if type(processor) is SlicedAttnProcessor:
+        return functools.partial(sliced_attention, slice_size=processor.slice_size, core=core)
+    return None
+
+
 class Attention(nn.Module):
     """Self- or cross-attention: ``to_q``/``to_k``/``to_v`` without bias, ``to_out.0`` with bias."""
 
@@ -172,6 +184,14 @@ class Attention(nn.Module):
 
     def project_out(self, out):
         return self.to_out[1](self.to_out[0](out))
+
+    def processor_for(self, call_options: CallOptions):
+        """The processor this call runs: the module's, or the call's attention slicing in place of this package's."""
+        processor = self.processor
+        if call_options.override_slice() and isinstance(processor, _OWN_PROCESSORS):
+            size = slice_size_for(call_options.attention_slice, self.heads)
+            processor = AttnProcessor2_0() if size is None else SlicedAttnProcessor(size)
+        return processor
 
     def set_processor(self, processor) -> None:
         self.processor = processor
@@ -217,10 +237,7 @@ class Attention(nn.Module):
     def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None,
                 call_options: CallOptions = NO_OPTIONS, value=None, **cross_attention_kwargs):
         """``value``: the input of ``to_v`` when it differs from the context (a host's attention patch)."""
-        processor = self.processor
-        if call_options.override_slice() and isinstance(processor, _OWN_PROCESSORS):
-            size = slice_size_for(call_options.attention_slice, self.heads)
-            processor = AttnProcessor2_0() if size is None else SlicedAttnProcessor(size)
+        processor = self.processor_for(call_options)
         # As in diffusers, a processor gets only the cross_attention_kwargs its signature names (the model warns
         # once per call about the others).
         kwargs = {k: v for k, v in cross_attention_kwargs.items() if names_keyword(processor, k)}

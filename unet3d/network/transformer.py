@@ -10,51 +10,13 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .attention import Attention, is_row_independent
+from .feed_forward import FeedForward, chunked_feed_forward
 from .hooks import LayerSite
+from .narrow_side import NarrowSide
 from .options import NO_OPTIONS, CallOptions
 from .tiling import rows_per_tile
-
-
-class GEGLU(nn.Module):
-    """Linear to twice the width; value half times exact GELU of the gate half."""
-
-    def __init__(self, dim_in: int, dim_out: int, *, operations, dtype=None, device=None):
-        super().__init__()
-        self.proj = operations.Linear(dim_in, dim_out * 2, dtype=dtype, device=device)
-
-    def forward(self, x):
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        if torch.is_grad_enabled() and value.requires_grad:
-            return value * F.gelu(gate)
-        return F.gelu(gate).mul_(value)  # inference: reuse gelu's output buffer (the FF peak is 8+4 widths, not 8+4+4)
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, mult: int = 4, *, operations, dtype=None, device=None):
-        super().__init__()
-        inner = dim * mult
-        self.net = nn.ModuleList([
-            GEGLU(dim, inner, operations=operations, dtype=dtype, device=device),
-            nn.Dropout(0.0),
-            operations.Linear(inner, dim, dtype=dtype, device=device),
-        ])
-
-    def forward(self, x):
-        for layer in self.net:
-            x = layer(x)
-        return x
-
-
-def chunked_feed_forward(ff: nn.Module, x: torch.Tensor, chunk_size: int, dim: int) -> torch.Tensor:
-    """Apply ``ff`` to ``x`` in pieces of ``chunk_size`` along ``dim`` (0 batch, 1 sequence) to bound its peak."""
-    if x.shape[dim] % chunk_size != 0:
-        raise ValueError(f"feed-forward chunking: size {x.shape[dim]} of dimension {dim} is not divisible by "
-                         f"chunk_size {chunk_size}; pick a chunk size that divides the frame/token counts "
-                         f"(1 always works)")
-    return torch.cat([ff(piece) for piece in x.split(chunk_size, dim=dim)], dim=dim)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -85,8 +47,7 @@ class BasicTransformerBlock(nn.Module):
         hooks = call_options.hooks
         if not hooks.wants_attention or site is None:
             x = self.attn1(self.norm1(x), call_options=call_options, **kwargs) + x
-            x = self.attn2(self.norm2(x), context, mask, call_options=call_options, **kwargs) + x
-            return self._feed_forward(x, call_options)
+            return self._feed_forward(self.second_attention(x, call_options, context, mask, kwargs), call_options)
 
         def run(layer, layer_mask):
             def attend(hidden, ctx, value):
@@ -98,19 +59,24 @@ class BasicTransformerBlock(nn.Module):
         x = hooks.attention(site, 2, self.attn2, self.norm2(x), context, run(self.attn2, mask), feature_shape) + x
         return self._feed_forward(x, call_options)
 
-    def _chunk(self, call_options: CallOptions):
+    def second_attention(self, x, call_options: CallOptions, context=None, mask=None, kwargs=None):
+        """``attn2(norm2(x)) + x``: cross-attention to ``context``, or a second self-attention without one."""
+        return self.attn2(self.norm2(x), context, mask, call_options=call_options, **(kwargs or {})) + x
+
+    def chunk_for(self, call_options: CallOptions):
+        """``(chunk_size, dim)`` of this call's feed-forward chunking, or None."""
         return call_options.ff_chunk if call_options.override_chunk() else (
             None if self._chunk_size is None else (self._chunk_size, self._chunk_dim))
 
     def tileable(self, call_options: CallOptions) -> bool:
         """Whether this block may run on a subset of its rows (``unet3d.network.tiling``): no hook sees its attention,
         its processors are this package's, and no feed-forward chunking by rows asks for divisible row counts."""
-        chunk = self._chunk(call_options)
+        chunk = self.chunk_for(call_options)
         return (not call_options.hooks.wants_attention and (chunk is None or chunk[1] == 1)
                 and is_row_independent(self.attn1.processor) and is_row_independent(self.attn2.processor))
 
     def _feed_forward(self, x, call_options: CallOptions):
-        chunk = self._chunk(call_options)
+        chunk = self.chunk_for(call_options)
         h = self.norm3(x)
         h = self.ff(h) if chunk is None else chunked_feed_forward(self.ff, h, *chunk)
         return h + x
@@ -134,20 +100,26 @@ class _ProjectedTransformer(nn.Module):
         self.proj_out = operations.Linear(inner, in_channels, **factory)
 
     def _rows_to_rows(self, rows, context, mask, call_options, cross_attention_kwargs, feature_shape):
-        """proj_in -> blocks -> proj_out on ``(rows, tokens, channels)``; on CPU in row tiles (``tiling``)."""
+        """proj_in -> blocks -> proj_out on ``(rows, tokens, channels)``; on CPU in row tiles (``tiling``), and for a
+        widening transformer on its narrow side where that applies (``narrow_side``)."""
         n, tokens, _ = rows.shape
         step = rows_per_tile(rows, n, tokens, self.inner_dim)   # cheap device / autograd / compile test first
         if step is not None and not (all(block.tileable(call_options) for block in self.transformer_blocks)
                                      and (context is None or context.shape[0] == n)):
             step = None
+        narrow = NarrowSide.for_call(self, rows, context, call_options, cross_attention_kwargs)
+
+        def project(part_rows, part_context, part_mask):
+            if narrow is not None:
+                return narrow.project(part_rows)
+            return self._project(part_rows, part_context, part_mask, call_options, cross_attention_kwargs,
+                                 feature_shape)
         if step is None:
-            return self._project(rows, context, mask, call_options, cross_attention_kwargs, feature_shape)
+            return project(rows, context, mask)
         out = None
         for r0 in range(0, n, step):
             part = slice(r0, r0 + step)
-            y = self._project(rows[part], None if context is None else context[part],
-                              None if mask is None else mask[part], call_options, cross_attention_kwargs,
-                              feature_shape)
+            y = project(rows[part], None if context is None else context[part], None if mask is None else mask[part])
             if out is None:
                 out = y.new_empty((n, *y.shape[1:]))
             out[part] = y
