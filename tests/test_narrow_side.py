@@ -21,14 +21,22 @@ TOL = 1e-5
 FRAMES = 8
 
 
+class FoldLog(list):
+    """The rows of each tile the fold computed; ``qkv``: whether that tile's q, k, v were folded too."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = []
+
+
 @pytest.fixture
 def folds(monkeypatch):
-    """Counts the row tiles the fold computed."""
-    log = []
+    log = FoldLog()
     project = narrow_side.NarrowSide.project
 
     def counted(self, z):
         log.append(z.shape[0])
+        log.qkv.append(self.fold_qkv)
         return project(self, z)
     monkeypatch.setattr(narrow_side.NarrowSide, "project", counted)
     return log
@@ -38,20 +46,23 @@ def no_fold(monkeypatch):
     monkeypatch.setattr(narrow_side.NarrowSide, "for_call", classmethod(lambda cls, *args: None))
 
 
-def temporal_pair(width=64, heads=8, head_dim=64):
+def temporal_pair(width=64, head_dim=64, groups=32, heads=8):
     from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel as Reference
     torch.manual_seed(0)
     reference = randomize_(Reference(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=width,
-                                     norm_num_groups=32), seed=3, std=0.08).eval()
-    ours = TransformerTemporalModel(heads, head_dim, width, 32, operations=torch_ops).eval()
+                                     norm_num_groups=groups), seed=3, std=0.08).eval()
+    ours = TransformerTemporalModel(heads, head_dim, width, groups, operations=torch_ops).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(2 * FRAMES, width, 6, 5, generator=torch.Generator().manual_seed(1))
     return reference, ours, x
 
 
 @pytest.mark.parametrize("tile_bytes", [None, 1 << 18])
-def test_widening_temporal_transformer_matches_diffusers(folds, monkeypatch, tile_bytes):
-    reference, ours, x = temporal_pair()
+@pytest.mark.parametrize("width, head_dim, groups, folds_qkv", [(64, 64, 32, True), (48, 8, 16, False)])
+def test_widening_temporal_transformer_matches_diffusers(folds, monkeypatch, tile_bytes, width, head_dim, groups,
+                                                         folds_qkv):
+    """64 -> 512 folds both products; 48 -> 64 only the feed-forward's (q, k, v would be 49 deep against 64)."""
+    reference, ours, x = temporal_pair(width, head_dim, groups)
     if tile_bytes:
         monkeypatch.setattr(tiling, "TILE_BYTES", tile_bytes)
     with torch.no_grad():
@@ -59,16 +70,20 @@ def test_widening_temporal_transformer_matches_diffusers(folds, monkeypatch, til
         got = ours(x, FRAMES)
     assert rel_err(got, expected) <= TOL
     assert sum(folds) == 2 * 6 * 5 and (len(folds) == 1) == (tile_bytes is None)
+    assert set(folds.qkv) == {folds_qkv}
 
 
-def test_whole_model_matches_diffusers_and_only_transformer_in_folds(folds):
-    reference, ours = twins(seed=4, **TINY)
+@pytest.mark.parametrize("head_dim, folds_qkv", [(8, False), (16, True)])
+def test_whole_model_matches_diffusers_and_only_transformer_in_folds(folds, head_dim, folds_qkv):
+    """transformer_in is 8 heads of the head size: 32 -> 64 wide folds the feed-forward, 32 -> 128 both."""
+    config = {**TINY, "attention_head_dim": head_dim}
+    reference, ours = twins(seed=4, **config)
     sample, context = inputs(2, 3, 16, 16, dim=TINY["cross_attention_dim"])
     with torch.no_grad():
         expected = reference(sample, 321, context).sample
         got = ours(sample, 321, context).sample
     assert rel_err(got, expected) <= TOL
-    assert folds == [2 * 16 * 16]          # transformer_in (32 -> 64 wide); the other transformers do not widen
+    assert folds == [2 * 16 * 16] and folds.qkv == [folds_qkv]   # the other transformers do not widen
 
 
 def test_weights_are_read_at_each_call(folds):

@@ -12,11 +12,15 @@ head size (512), so ``proj_in`` has rank ``c_in`` < ``inner``. Two of its produc
 2. The feed-forward's last layer feeds only ``proj_out``: ``proj_out(ff_out(u) + x) = u (Wp Wf)^T + x Wp^T
    + (Wp bf + bp)``, so that GEMM is ``c_in`` wide instead of ``inner``.
 
-At the medium benchmark (64 -> 512) this drops a third of the layer's multiply-adds; at Zeroscope's 320 -> 512 an
-eighth. Folded weights are built once per call from the weights as they are then (a LoRA patched in is seen).
-The fold reads the weights directly, so it runs only where every layer it replaces is torch's own (a host's layer
-may cast or patch its weight in ``forward``), no hook or processor of another kind would be bypassed, and no feed-
-forward chunking or attention slicing is asked for.
+At the medium benchmark (64 -> 512) this drops a third of the layer's multiply-adds. At Zeroscope's 320 -> 512 only
+the second fold pays (a 321-deep GEMM runs no faster than a 512-deep one), so only that one runs.
+
+The folded weights are built once per call from the weights as they are then (a LoRA patched in is seen). They are
+read directly, so the fold runs only where proj_in, proj_out, to_q / to_k / to_v, the feed-forward's output layer
+and norm1 are torch's own Linear / LayerNorm with no hooks (a host's layer may cast or patch its weight in
+``forward``; ComfyUI's do, so in ComfyUI the plain path runs), the attention processor is this package's
+default or sliced one, and no hook wants to see attention; it follows the call's slicing and chunking. Training,
+autograd, other devices and half precision take the plain path.
 """
 from __future__ import annotations
 
@@ -45,12 +49,16 @@ class NarrowSide:
         block = self.block = transformer.transformer_blocks[0]
         attn = block.attn1
         w_in, b_in = transformer.proj_in.weight, transformer.proj_in.bias
-        centred = w_in - w_in.mean(0, keepdim=True)
-        shift = b_in - b_in.mean()
-        w_qkv = torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight])
-        scaled = w_qkv * block.norm1.weight
-        self.qkv_weight = torch.cat([scaled @ centred, (scaled @ shift)[:, None]], dim=1)   # (3 inner, c_in + 1)
-        self.qkv_bias = w_qkv @ block.norm1.bias
+        # The q, k, v GEMM of depth c_in + 1 pays only well under inner: at odd depths the BLAS runs below its best
+        # rate (1024 tokens to 1536: 321 deep 11.1 ms, 512 deep 10.9 ms, 65 deep 1.7 ms).
+        self.fold_qkv = 2 * (w_in.shape[1] + 1) <= w_in.shape[0]
+        if self.fold_qkv:
+            centred = w_in - w_in.mean(0, keepdim=True)
+            shift = b_in - b_in.mean()
+            w_qkv = torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight])
+            scaled = w_qkv * block.norm1.weight
+            self.qkv_weight = torch.cat([scaled @ centred, (scaled @ shift)[:, None]], dim=1)  # (3 inner, c_in + 1)
+            self.qkv_bias = w_qkv @ block.norm1.bias
         w_out, b_out = transformer.proj_out.weight, transformer.proj_out.bias
         ff_out = block.ff.net[2]
         self.ff_out_weight = w_out @ ff_out.weight                                          # (c_in, 4 inner)
@@ -84,12 +92,15 @@ class NarrowSide:
         rows, tokens, _ = z.shape
         y = self.transformer.proj_in(z)                                  # the residual, (rows, tokens, inner)
         inner = y.shape[-1]
-        # LayerNorm's own 1/s per token (its output is not needed: q, k, v come from the narrow side)
-        _, _, rstd = torch.native_layer_norm(y, [inner], None, None, block.norm1.eps)
-        narrow = torch.cat([z, z.new_ones(rows, tokens, 1)], dim=-1).mul_(rstd)
-        qkv = torch.addmm(self.qkv_bias, narrow.view(rows * tokens, -1), self.qkv_weight.t())
-        q, k, v = qkv.view(rows, tokens, 3 * inner).split(inner, dim=-1)
-        x = attn.project_out(self.core(q, k, v, attn.heads, None)).add_(y)
+        if self.fold_qkv:
+            # LayerNorm's own 1/s per token (its output is not needed: q, k, v come from the narrow side)
+            _, _, rstd = torch.native_layer_norm(y, [inner], None, None, block.norm1.eps)
+            narrow = torch.cat([z, z.new_ones(rows, tokens, 1)], dim=-1).mul_(rstd)
+            qkv = torch.addmm(self.qkv_bias, narrow.view(rows * tokens, -1), self.qkv_weight.t())
+            q, k, v = qkv.view(rows, tokens, 3 * inner).split(inner, dim=-1)
+            x = attn.project_out(self.core(q, k, v, attn.heads, None)).add_(y)
+        else:
+            x = attn(block.norm1(y), call_options=self.call_options) + y
         x = block.second_attention(x, self.call_options)
         h = block.norm3(x)
         chunk = block.chunk_for(self.call_options)
