@@ -79,11 +79,11 @@ class NarrowSide:
         core = attention_core(processor, call_options)
         if core is None or any(names_keyword(processor, key) for key in cross_attention_kwargs or {}):
             return None
-        linears = (transformer.proj_in, transformer.proj_out, attn.to_q, attn.to_k, attn.to_v, block.ff.net[2])
-        if not (all(_plain(layer, nn.Linear) and layer.bias is not None for layer in linears[:2])
-                and all(_plain(layer, nn.Linear) for layer in linears[2:]) and block.ff.net[2].bias is not None
-                and _plain(block.norm1, nn.LayerNorm) and block.norm1.weight is not None
-                and block.norm1.bias is not None and len(block.norm1.normalized_shape) == 1):
+        with_bias = (transformer.proj_in, transformer.proj_out, block.ff.net[2])
+        linears = (*with_bias, attn.to_q, attn.to_k, attn.to_v)
+        norm = block.norm1
+        if not (all(_plain(layer, nn.Linear) for layer in linears) and _plain(norm, nn.LayerNorm)
+                and all(layer.bias is not None for layer in (*with_bias, norm)) and norm.weight is not None):
             return None
         return cls(transformer, call_options, core)
 
