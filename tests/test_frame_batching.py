@@ -105,7 +105,7 @@ def test_several_videos_per_chunk_split_by_videos(model):
     with torch.no_grad():
         unsplit = sample_step(model, x, t, context, frames_per_video=6, settings=settings, cap=0)
         split = sample_step(model, x, t, context, frames_per_video=6, settings=settings, cap=8)
-    assert (split - unsplit).abs().max().item() < 1e-6
+    assert (split - unsplit).abs().max().item() < 1e-5   # calls of other sizes round differently
     calls = plan_calls(frame_layout(36, 2, 6), settings.windows(6), 8)
     assert all(len(c.videos) * c.frames <= 8 and len(c.chunks) == 1 for c in calls)
 
