@@ -83,11 +83,14 @@ class AttnProcessor2_0:
 
     core = staticmethod(sdpa_attention)
 
+    def core_for(self, call_options: CallOptions) -> Callable:
+        """``fn(q, k, v, heads, mask)``: what this processor does between projecting q, k, v and ``to_out``."""
+        return call_options.attention_fn or self.core
+
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  call_options: CallOptions = NO_OPTIONS, value=None):
         q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states, value)
-        fn = call_options.attention_fn or self.core
-        return attn.project_out(fn(q, k, v, attn.heads, attention_mask))
+        return attn.project_out(self.core_for(call_options)(q, k, v, attn.heads, attention_mask))
 
 
 class AttnProcessor(AttnProcessor2_0):
@@ -95,10 +98,8 @@ class AttnProcessor(AttnProcessor2_0):
 
     core = staticmethod(bmm_attention)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 call_options: CallOptions = NO_OPTIONS, value=None):
-        q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states, value)
-        return attn.project_out(self.core(q, k, v, attn.heads, attention_mask))
+    def core_for(self, call_options: CallOptions) -> Callable:
+        return self.core   # explicit matrices whatever the call supplies
 
 
 class SlicedAttnProcessor:
@@ -110,9 +111,11 @@ class SlicedAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  call_options: CallOptions = NO_OPTIONS, value=None):
         q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states, value)
-        core = call_options.attention_fn or sdpa_attention
-        out = sliced_attention(q, k, v, attn.heads, attention_mask, self.slice_size, core)
-        return attn.project_out(out)
+        return attn.project_out(self.core_for(call_options)(q, k, v, attn.heads, attention_mask))
+
+    def core_for(self, call_options: CallOptions) -> Callable:
+        return functools.partial(sliced_attention, slice_size=self.slice_size,
+                                 core=call_options.attention_fn or sdpa_attention)
 
 
 class FusedAttnProcessor2_0(AttnProcessor2_0):
@@ -129,22 +132,16 @@ class FusedAttnProcessor2_0(AttnProcessor2_0):
             k, v = attn.to_kv(encoder_hidden_states).chunk(2, dim=-1)
         else:
             q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states)
-        fn = call_options.attention_fn or self.core
-        return attn.project_out(fn(q, k, v, attn.heads, attention_mask))
+        return attn.project_out(self.core_for(call_options)(q, k, v, attn.heads, attention_mask))
 
 
 _OWN_PROCESSORS = (AttnProcessor2_0, SlicedAttnProcessor)
 
 
 def attention_core(processor, call_options: CallOptions) -> Optional[Callable]:
-    """What ``processor`` (the default or the sliced one) does between projecting q, k, v and ``to_out``, as
-    ``fn(q, k, v, heads, mask)``, for a caller that projects them itself; None for any other processor."""
-    core = call_options.attention_fn or sdpa_attention
-    if type(processor) is AttnProcessor2_0:
-        return core
-    if type(processor) is SlicedAttnProcessor:
-        return functools.partial(sliced_attention, slice_size=processor.slice_size, core=core)
-    return None
+    """``processor.core_for(call_options)`` for the default or the sliced processor, whose q, k, v are plain
+    ``to_q`` / ``to_k`` / ``to_v`` projections (a caller may project them itself); None for any other processor."""
+    return processor.core_for(call_options) if type(processor) in _OWN_PROCESSORS else None
 
 
 class Attention(nn.Module):
